@@ -1,0 +1,137 @@
+"""The sweep config: a frozen dataclass built from flags, validated in one place."""
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+
+from batchlab import hardware, workloads
+from batchlab.errors import ConfigError
+from batchlab.numerics import Numerics
+from batchlab.timing import TimingSpec
+
+CEILINGS = ("auto", "datasheet", "calibrated")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """Everything a sweep needs; the library never reads flags."""
+
+    model: str
+    grid: Mapping[str, tuple]  # family parameter -> the values to sweep
+    batch_sizes: tuple[int, ...]
+    out_dir: str
+    numerics: Numerics = Numerics()
+    timing: TimingSpec = TimingSpec()
+    seed: int = 0
+    weight_copies: int = 1  # >1 rotates weight copies so each call reads cold weights
+    ceilings: str = "auto"  # where peak FLOP/s and bandwidth come from
+    peak_flops: float | None = None  # overrides, FLOP/s and B/s
+    bandwidth: float | None = None
+    predict_for: tuple[str, ...] = ()  # datasheet keys to predict for
+    family_modules: tuple[str, ...] = ()  # user modules that register more families
+    retry_failed: bool = False
+    isolate: bool = True  # measure in a child process that a crash cannot take down
+    explain: bool = False
+
+    def fingerprint(self) -> dict:
+        """What makes two result sets comparable: a rerun into the same directory must
+        match it. Grid values are left out, so a grid can be extended and resumed."""
+        return {
+            "model": self.model,
+            "dtype": self.numerics.dtype,
+            "precision": self.numerics.precision,
+            "seed": self.seed,
+            "weight_copies": self.weight_copies,
+            "family_modules": list(self.family_modules),
+        }
+
+    def fingerprint_hash(self) -> str:
+        blob = json.dumps(self.fingerprint(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["grid"] = {k: list(v) for k, v in self.grid.items()}
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "SweepConfig":
+        d = dict(d)
+        d["numerics"] = Numerics(**d["numerics"])
+        d["timing"] = TimingSpec(**d["timing"])
+        d["grid"] = {k: tuple(v) for k, v in d["grid"].items()}
+        for k in ("batch_sizes", "predict_for", "family_modules"):
+            d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def _positive(flag: str, value, allow_zero=False):
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        raise ConfigError(f"--{flag}={value}: must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def build(
+    model: str, raw_grid: Mapping[str, list[str]], batch_sizes: list[str], **kwargs
+) -> SweepConfig:
+    """A validated SweepConfig from flag values; raises ConfigError naming the flag."""
+    workloads.import_family_modules(kwargs.get("family_modules", ()))
+    family = workloads.get(model)
+    batches = []
+    for raw in batch_sizes:
+        try:
+            b = int(raw)
+        except ValueError:
+            raise ConfigError(f"--batch_sizes: {raw!r} is not an integer") from None
+        if b < 1:
+            raise ConfigError(f"--batch_sizes: {b} is not allowed; batch sizes must be >= 1")
+        batches.append(b)
+    if not batches:
+        raise ConfigError("--batch_sizes: give at least one batch size")
+    grid = {}
+    for p in family.params:
+        values = raw_grid.get(p.flag) or [str(v) for v in p.default]
+        grid[p.name] = tuple(dict.fromkeys(p.parse(str(v).strip()) for v in values))
+    config = SweepConfig(
+        model=model, grid=grid, batch_sizes=tuple(dict.fromkeys(batches)), **kwargs
+    )
+    validate(config)
+    return config
+
+
+def validate(config: SweepConfig) -> None:
+    """Checks that need the whole config; each failure names its flag."""
+    family = workloads.get(config.model)
+    t = config.timing
+    _positive("target_spread", t.target_spread)
+    _positive("time_budget_s", t.time_budget_s)
+    _positive("min_reps", t.min_reps)
+    _positive("warmup_reps", t.warmup_reps, allow_zero=True)
+    _positive("weight_copies", config.weight_copies)
+    _positive("peak_flops", config.peak_flops)
+    _positive("bandwidth", config.bandwidth)
+    if config.ceilings not in CEILINGS:
+        raise ConfigError(f"--ceilings={config.ceilings}: allowed are {', '.join(CEILINGS)}")
+    for key in config.predict_for:
+        hardware.by_key(key)
+    for values in _product(config.grid):
+        family.validate(values)
+
+
+def _product(grid: Mapping[str, tuple]) -> list[dict]:
+    """Every combination of grid values, in flag order, the last axis fastest."""
+    combos = [{}]
+    for name, values in grid.items():
+        combos = [c | {name: v} for c in combos for v in values]
+    return combos
+
+
+def grid_points(config: SweepConfig) -> list[tuple[dict, int]]:
+    """(family point, batch) pairs in the order they are measured: batch fastest."""
+    return [(p, b) for p in _product(config.grid) for b in sorted(config.batch_sizes)]
+
+
+def point_id(model: str, point: Mapping, batch: int) -> str:
+    """A stable, readable id: mlp/depth=8,input_width=0,width=1024/b=16."""
+    params = ",".join(f"{k}={point[k]}" for k in sorted(point))
+    return f"{model}/{params}/b={batch}"

@@ -1,0 +1,1 @@
+"""Flax (linen) models. They know nothing of timing, results or the roofline."""

@@ -1,0 +1,252 @@
+"""The sweep engine: the grid, resume, failure isolation, one record per point."""
+
+import json
+import os
+import time
+
+import jax
+
+from batchlab import calibration, hardware, results, roofline, timing, workloads
+from batchlab.config import SweepConfig, grid_points, point_id
+from batchlab.errors import ConfigError
+from batchlab.summary import fmt_time
+
+RESTART_EXIT_CODE = 75  # a worker asks for a fresh process (after an OOM, say)
+
+
+def check_out_dir(config: SweepConfig) -> None:
+    """Writes nothing: OUT_DIR must be writable, and any results in it from this config."""
+    out = os.path.abspath(config.out_dir)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out_dir={config.out_dir}: exists and is not a directory")
+    parent = out
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--out_dir={config.out_dir}: cannot write there ({parent} is not a writable directory)"
+        )
+    config_path = os.path.join(out, results.CONFIG)
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            earlier = json.load(f).get("fingerprint") or {}
+        now = config.fingerprint()
+        if earlier != now:
+            diff = "; ".join(
+                f"{k} {earlier.get(k)!r} there, {now[k]!r} now"
+                for k in now
+                if earlier.get(k) != now[k]
+            )
+            raise ConfigError(
+                f"--out_dir={config.out_dir}: holds results of a different "
+                f"config ({diff}); choose another --out_dir"
+            )
+    elif os.path.exists(os.path.join(out, results.RESULTS)):
+        raise ConfigError(
+            f"--out_dir={config.out_dir}: holds results.jsonl but no "
+            "config.json; choose another --out_dir"
+        )
+
+
+def init_out_dir(config: SweepConfig, flagfile_text: str) -> None:
+    """Checks OUT_DIR, then saves the config and the re-runnable flagfile in it."""
+    check_out_dir(config)
+    os.makedirs(config.out_dir, exist_ok=True)
+    results.write_json_atomic(
+        os.path.join(config.out_dir, results.CONFIG),
+        {"fingerprint": config.fingerprint(), "config": config.to_json()},
+    )
+    with open(os.path.join(config.out_dir, results.FLAGS), "w") as f:
+        f.write(flagfile_text)
+
+
+def pending(config: SweepConfig, log=print) -> list[tuple[dict, int, str]]:
+    """Grid points still to measure: not yet done, or failed when --retry_failed."""
+    done = results.latest_by_id(
+        results.load(os.path.join(config.out_dir, results.RESULTS), warn=log)
+    )
+    todo = []
+    for point, batch in grid_points(config):
+        pid = point_id(config.model, point, batch)
+        earlier = done.get(pid)
+        if earlier is None or (earlier["status"] != "ok" and config.retry_failed):
+            todo.append((point, batch, pid))
+    return todo
+
+
+def resolve_ceilings(config: SweepConfig, device) -> roofline.Ceilings:
+    """Peak FLOP/s and bandwidth: flags override; else datasheet row; else calibration."""
+    spec = hardware.lookup(device.device_kind)
+    if config.ceilings == "datasheet" and spec is None:
+        raise ConfigError(f"--ceilings=datasheet: no datasheet row for {device.device_kind!r}")
+    if spec is not None and config.ceilings != "calibrated":
+        peak, unit = hardware.peak_flops(spec, config.numerics)
+        base = roofline.Ceilings(peak, spec.bandwidth, "datasheet", unit, "datasheet")
+    else:
+        path = os.path.join(config.out_dir, results.CALIBRATION)
+        base = calibration.cached(path, device.device_kind, config.numerics, device)
+    if config.peak_flops is None and config.bandwidth is None:
+        return base
+    return roofline.Ceilings(
+        config.peak_flops or base.peak_flops,
+        config.bandwidth or base.bandwidth,
+        f"flags over {base.source}",
+        "--peak_flops" if config.peak_flops else base.flops_kernel,
+        "--bandwidth" if config.bandwidth else base.bandwidth_kernel,
+    )
+
+
+def _weight_copies(weights, n: int):
+    """`n` distinct device buffers of the same weights (REFERENCE 2.9)."""
+    return [weights] + [jax.tree.map(lambda a: a.copy(), weights) for _ in range(n - 1)]
+
+
+def measure_point(
+    config: SweepConfig,
+    point: dict,
+    batch: int,
+    device,
+    ceilings: roofline.Ceilings,
+    floor_s: float,
+    caches: dict,
+) -> dict:
+    """Builds, compiles and times one point; returns the fields of its record."""
+    family = workloads.get(config.model)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), batch)
+    with jax.default_device(device):
+        work = family.build(point, batch, config.numerics, key)
+        copies = _weight_copies(work.weights, config.weight_copies)
+    compiled = timing.compile_ahead(work.fn, (work.weights, *work.inputs), work.donate_argnums)
+    run, n = compiled.compiled, len(copies)
+    inputs = work.inputs
+
+    def call(i):
+        nonlocal inputs
+        out = jax.block_until_ready(run(copies[i % n], *inputs))
+        if work.next_inputs is not None:
+            inputs = work.next_inputs(out, inputs)
+
+    stats = timing.time_calls(call, config.timing)
+    cost = work.cost
+    pred = roofline.predict(cost, ceilings, floor_s)
+    # Bytes touched per call; with rotated copies the weights are cold by construction.
+    working_set = cost.total_bytes
+    return {
+        "time": stats.as_dict(),
+        "time_per_example_s": stats.median_s / batch,
+        "compile": {"lower_s": compiled.lower_s, "compile_s": compiled.compile_s},
+        "cost": cost.as_dict(),
+        "xla": {
+            "cost_analysis": compiled.cost_analysis,
+            "memory_analysis": compiled.memory_analysis,
+        },
+        "prediction": pred.as_dict() | {"rel_error": stats.median_s / pred.lower_s - 1},
+        "attained": {
+            "flops_per_s": cost.flops / stats.median_s,
+            "fraction_of_peak": cost.flops / stats.median_s / ceilings.peak_flops,
+            "bytes_per_s": cost.total_bytes / stats.median_s,
+            "fraction_of_bandwidth": cost.total_bytes / stats.median_s / ceilings.bandwidth,
+        },
+        "working_set": {
+            "bytes": working_set,
+            "fits_in": "memory"
+            if config.weight_copies > 1
+            else hardware.fits_in(working_set, caches),
+        },
+    }
+
+
+def _failure_reason(e: BaseException) -> tuple[str, str]:
+    """(kind, one-line message) for a point that raised."""
+    msg = (str(e).strip().splitlines() or [""])[0][:500]
+    text = str(e).lower()
+    kind = "oom" if "resource_exhausted" in text or "out of memory" in text else "error"
+    return kind, f"{type(e).__name__}: {msg}"
+
+
+def _base_record(config: SweepConfig, point: dict, batch: int, pid: str, device) -> dict:
+    return {
+        "schema": results.SCHEMA_VERSION,
+        "id": pid,
+        "model": config.model,
+        "params": point,
+        "batch": batch,
+        "dtype": config.numerics.dtype,
+        "precision": config.numerics.precision,
+        "weight_copies": config.weight_copies,
+        "fingerprint": config.fingerprint_hash(),
+        "provenance": results.provenance(device),
+    }
+
+
+def failed_record(
+    config: SweepConfig, point: dict, batch: int, pid: str, device, kind: str, reason: str
+) -> dict:
+    return _base_record(config, point, batch, pid, device) | {
+        "status": "failed",
+        "failure": kind,
+        "error": reason,
+    }
+
+
+def run(config: SweepConfig, log=print) -> int:
+    """Measures every pending point, appending a record for each; returns an exit code.
+
+    Returns RESTART_EXIT_CODE after an out-of-memory failure when isolated, since a
+    process that hit OOM is not to be trusted for the next point (REFERENCE 6).
+    """
+    device = jax.devices()[0]
+    todo = pending(config, log)
+    if not todo:
+        log("nothing to measure: every point already has a result")
+        return 0
+    ceilings = resolve_ceilings(config, device)
+    floor = timing.empty_call_floor(config.timing, device)
+    caches = hardware.cache_levels(device.platform, hardware.lookup(device.device_kind))
+    log(
+        f"device {device.device_kind} ({device.platform}); ceilings ({ceilings.source}): "
+        f"{ceilings.peak_flops / 1e9:.1f} GFLOP/s [{ceilings.flops_kernel}], "
+        f"{ceilings.bandwidth / 1e9:.1f} GB/s [{ceilings.bandwidth_kernel}]; "
+        f"empty call {fmt_time(floor.median_s)}"
+    )
+    if config.explain:
+        from batchlab import summary
+
+        log(summary.explain(config, device.device_kind, ceilings))
+    out = config.out_dir
+    results_path = os.path.join(out, results.RESULTS)
+    inflight = os.path.join(out, results.INFLIGHT)
+    started = time.perf_counter()
+    for n, (point, batch, pid) in enumerate(todo, 1):
+        results.write_json_atomic(inflight, {"id": pid, "params": point, "batch": batch})
+        base = _base_record(config, point, batch, pid, device)
+        try:
+            record = base | {
+                "status": "ok",
+                "ceilings": ceilings.as_dict(),
+                "empty_call_s": floor.median_s,
+            }
+            record |= measure_point(config, point, batch, device, ceilings, floor.median_s, caches)
+        except Exception as e:  # any point may fail; the sweep goes on
+            kind, reason = _failure_reason(e)
+            record = failed_record(config, point, batch, pid, device, kind, reason)
+        results.append(results_path, record)
+        os.remove(inflight)
+        left = (time.perf_counter() - started) / n * (len(todo) - n)
+        log(_progress_line(n, len(todo), record, left))
+        if record["status"] != "ok" and record["failure"] == "oom" and config.isolate:
+            return RESTART_EXIT_CODE
+    return 0
+
+
+def _progress_line(n: int, total: int, record: dict, left_s: float) -> str:
+    head = f"[{n}/{total}] {record['id']}"
+    if record["status"] != "ok":
+        return f"{head}  FAILED ({record['failure']}): {record['error']}  ~{left_s:.0f} s left"
+    t, p = record["time"], record["prediction"]
+    flag = "  UNSTABLE" if t["unstable"] else ""
+    return (
+        f"{head}  {fmt_time(t['median_s'])} ±{100 * t['spread']:.1f}% (n={t['count']})  "
+        f"pred {fmt_time(p['lower_s'])} {p['regime']}  "
+        f"compile {record['compile']['compile_s']:.2f} s{flag}  ~{left_s:.0f} s left"
+    )

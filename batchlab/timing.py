@@ -1,0 +1,146 @@
+"""The timing harness (REFERENCE 4): compile ahead of time, warm up, repeat until stable.
+
+It times a compiled function and knows nothing of models.
+"""
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingSpec:
+    """When to stop repeating: spread under target, or the time budget spent."""
+
+    target_spread: float = 0.05  # IQR / median
+    time_budget_s: float = 2.0  # per point, warm-up excluded
+    min_reps: int = 10
+    max_reps: int = 100_000
+    warmup_reps: int = 2
+    warmup_s: float = 0.05  # and at least this long
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingStats:
+    """Summary of repeated calls; times in seconds."""
+
+    median_s: float
+    iqr_s: float
+    min_s: float
+    mean_s: float
+    count: int
+    spread: float  # IQR / median
+    unstable: bool  # spread above target when the budget ran out
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class CompiledCall:
+    """An AOT-compiled executable, with its compile times and XLA's own estimates."""
+
+    compiled: Any
+    lower_s: float
+    compile_s: float
+    cost_analysis: dict
+    memory_analysis: dict
+
+
+def summarize(samples: Sequence[float], target_spread: float) -> TimingStats:
+    """Median, IQR, min, mean and spread of timing samples."""
+    a = np.asarray(samples, dtype=np.float64)
+    q1, median, q3 = np.percentile(a, [25, 50, 75])
+    spread = float((q3 - q1) / median) if median > 0 else float("inf")
+    return TimingStats(
+        float(median),
+        float(q3 - q1),
+        float(a.min()),
+        float(a.mean()),
+        len(a),
+        spread,
+        spread > target_spread,
+    )
+
+
+def time_calls(call: Callable[[int], Any], spec: TimingSpec) -> TimingStats:
+    """Times `call(i)` (which must block on its result) until the spread is small.
+
+    One sample is one call: the latency a caller of one batch sees. Host-device copies
+    inside the timed loop are errors (jax_transfer_guard), so a stray transfer cannot
+    hide in a time.
+    """
+    with jax.transfer_guard("disallow"):
+        start, i = time.perf_counter(), 0
+        while i < spec.warmup_reps or time.perf_counter() - start < spec.warmup_s:
+            call(i)
+            i += 1
+        samples: list[float] = []
+        deadline = time.perf_counter() + spec.time_budget_s
+        next_check = spec.min_reps
+        while len(samples) < spec.max_reps:
+            t0 = time.perf_counter()
+            call(i)
+            samples.append(time.perf_counter() - t0)
+            i += 1
+            if len(samples) >= next_check:
+                # Checking every sample would cost O(n^2); check at geometric steps.
+                next_check = max(next_check + 1, int(next_check * 1.25))
+                if summarize(samples, spec.target_spread).spread <= spec.target_spread:
+                    break
+            if time.perf_counter() >= deadline and len(samples) >= min(3, spec.min_reps):
+                break
+    return summarize(samples, spec.target_spread)
+
+
+def _plain(obj) -> dict:
+    """cost_analysis()/memory_analysis() as a JSON-able dict: they may be None, a list,
+    a dict or an object with attributes, depending on backend and version (REFERENCE 4)."""
+    if obj is None:
+        return {}
+    if isinstance(obj, (list, tuple)):
+        merged: dict = {}
+        for item in obj:
+            for k, v in _plain(item).items():
+                merged[k] = merged.get(k, 0) + v if isinstance(v, (int, float)) else v
+        return merged
+    if isinstance(obj, dict):
+        items = obj.items()
+    else:
+        items = ((k, getattr(obj, k)) for k in dir(obj) if not k.startswith("_"))
+    return {str(k): float(v) for k, v in items if isinstance(v, (int, float))}
+
+
+def _analysis(compiled, name: str) -> dict:
+    try:
+        return _plain(getattr(compiled, name)())
+    except Exception as e:  # an aid, not an API: never let it fail a point
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def compile_ahead(fn: Callable, args: Sequence, donate_argnums=()) -> CompiledCall:
+    """jit(fn).lower(*args).compile(), timed in two parts."""
+    t0 = time.perf_counter()
+    lowered = jax.jit(fn, donate_argnums=donate_argnums).lower(*args)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    return CompiledCall(
+        compiled,
+        t1 - t0,
+        t2 - t1,
+        _analysis(compiled, "cost_analysis"),
+        _analysis(compiled, "memory_analysis"),
+    )
+
+
+def empty_call_floor(spec: TimingSpec, device=None) -> TimingStats:
+    """Latency of a jitted near-empty call on a tiny array: the overhead roof (REFERENCE 2.8)."""
+    x = jax.device_put(jnp.ones((1,), jnp.float32), device)
+    compiled = compile_ahead(lambda x: x + 1, (x,)).compiled
+    return time_calls(lambda i: compiled(x).block_until_ready(), spec)
