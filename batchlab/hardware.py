@@ -6,6 +6,7 @@ import re
 
 from batchlab.errors import ConfigError
 from batchlab.numerics import Numerics
+from batchlab.roofline import Ceilings
 
 TERA, GIGA, MIB = 1e12, 1e9, 2**20
 
@@ -112,6 +113,12 @@ def peak_flops(spec: DeviceSpec, numerics: Numerics) -> tuple[float, str]:
     if numerics.dtype == "bfloat16" and spec.bf16 is None:
         return spec.fp32, "fp32 cores (no native bf16)"
     return (spec.fp16 if numerics.dtype == "float16" else spec.bf16), f"{numerics.dtype} tensor"
+
+
+def datasheet_ceilings(spec: DeviceSpec, numerics: Numerics) -> Ceilings:
+    """The roofline ceilings of a datasheet row for these numerics."""
+    peak, unit = peak_flops(spec, numerics)
+    return Ceilings(peak, spec.bandwidth, "datasheet", unit, "datasheet")
 
 
 def host_cache_levels() -> dict[str, int]:

@@ -76,15 +76,10 @@ def table(records: list[dict], predict_for=()) -> str:
     return "\n".join(lines)
 
 
-def device_ceilings(spec: hardware.DeviceSpec, numerics: Numerics) -> roofline.Ceilings:
-    peak, unit = hardware.peak_flops(spec, numerics)
-    return roofline.Ceilings(peak, spec.bandwidth, "datasheet", unit, "datasheet")
-
-
 def _other_device_line(key: tuple, points: list[dict], spec: hardware.DeviceSpec) -> str:
     """Roofline times on a datasheet device, from the analytic costs (no overhead roof)."""
     numerics = Numerics(key[2], key[3])
-    ceilings = device_ceilings(spec, numerics)
+    ceilings = hardware.datasheet_ceilings(spec, numerics)
     times = " ".join(
         f"b{r['batch']}: "
         f"{fmt_time(roofline.predict(workloads.Cost.from_dict(r['cost']), ceilings).lower_s)}"
@@ -105,7 +100,7 @@ def explain(config, device_name: str, ceilings: roofline.Ceilings | None) -> str
         spec = hardware.by_key(key)
         blocks.append(
             roofline.explain_critical_batch(
-                spec.name, device_ceilings(spec, config.numerics), s, s, width
+                spec.name, hardware.datasheet_ceilings(spec, config.numerics), s, s, width
             )
         )
     return "\n".join(blocks)

@@ -6,10 +6,9 @@ import time
 
 import jax
 
-from batchlab import calibration, hardware, results, roofline, timing, workloads
+from batchlab import calibration, hardware, results, roofline, summary, timing, workloads
 from batchlab.config import SweepConfig, grid_points, point_id
 from batchlab.errors import ConfigError
-from batchlab.summary import fmt_time
 
 RESTART_EXIT_CODE = 75  # a worker asks for a fresh process (after an OOM, say)
 
@@ -76,12 +75,15 @@ def pending(config: SweepConfig, log=print) -> list[tuple[dict, int, str]]:
 
 def resolve_ceilings(config: SweepConfig, device) -> roofline.Ceilings:
     """Peak FLOP/s and bandwidth: flags override; else datasheet row; else calibration."""
+    if config.peak_flops and config.bandwidth:
+        return roofline.Ceilings(
+            config.peak_flops, config.bandwidth, "flags", "--peak_flops", "--bandwidth"
+        )
     spec = hardware.lookup(device.device_kind)
     if config.ceilings == "datasheet" and spec is None:
         raise ConfigError(f"--ceilings=datasheet: no datasheet row for {device.device_kind!r}")
     if spec is not None and config.ceilings != "calibrated":
-        peak, unit = hardware.peak_flops(spec, config.numerics)
-        base = roofline.Ceilings(peak, spec.bandwidth, "datasheet", unit, "datasheet")
+        base = hardware.datasheet_ceilings(spec, config.numerics)
     else:
         path = os.path.join(config.out_dir, results.CALIBRATION)
         base = calibration.cached(path, device.device_kind, config.numerics, device)
@@ -207,11 +209,9 @@ def run(config: SweepConfig, log=print) -> int:
         f"device {device.device_kind} ({device.platform}); ceilings ({ceilings.source}): "
         f"{ceilings.peak_flops / 1e9:.1f} GFLOP/s [{ceilings.flops_kernel}], "
         f"{ceilings.bandwidth / 1e9:.1f} GB/s [{ceilings.bandwidth_kernel}]; "
-        f"empty call {fmt_time(floor.median_s)}"
+        f"empty call {summary.fmt_time(floor.median_s)}"
     )
     if config.explain:
-        from batchlab import summary
-
         log(summary.explain(config, device.device_kind, ceilings))
     out = config.out_dir
     results_path = os.path.join(out, results.RESULTS)
@@ -246,7 +246,7 @@ def _progress_line(n: int, total: int, record: dict, left_s: float) -> str:
     t, p = record["time"], record["prediction"]
     flag = "  UNSTABLE" if t["unstable"] else ""
     return (
-        f"{head}  {fmt_time(t['median_s'])} ±{100 * t['spread']:.1f}% (n={t['count']})  "
-        f"pred {fmt_time(p['lower_s'])} {p['regime']}  "
+        f"{head}  {summary.fmt_time(t['median_s'])} ±{100 * t['spread']:.1f}% (n={t['count']})  "
+        f"pred {summary.fmt_time(p['lower_s'])} {p['regime']}  "
         f"compile {record['compile']['compile_s']:.2f} s{flag}  ~{left_s:.0f} s left"
     )

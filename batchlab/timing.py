@@ -103,11 +103,11 @@ def _plain(obj) -> dict:
     a dict or an object with attributes, depending on backend and version (REFERENCE 4)."""
     if obj is None:
         return {}
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, (list, tuple)):  # one entry per device or program: add them up
         merged: dict = {}
         for item in obj:
             for k, v in _plain(item).items():
-                merged[k] = merged.get(k, 0) + v if isinstance(v, (int, float)) else v
+                merged[k] = merged.get(k, 0.0) + v
         return merged
     if isinstance(obj, dict):
         items = obj.items()

@@ -1,0 +1,56 @@
+"""Shared fixtures: a repository-root cwd for CLI runs, and an in-process smoke sweep."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from batchlab import config, sweep, timing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Fixed ceilings keep tests off the calibration path (tested on its own) and deterministic.
+FAST_TIMING = timing.TimingSpec(
+    target_spread=0.5, time_budget_s=0.05, min_reps=3, warmup_reps=1, warmup_s=0.0
+)
+FIXED = dict(peak_flops=100e9, bandwidth=20e9)
+
+
+def run_cli(*args, module="experiments.sweep", timeout=300):
+    """Runs `python -m MODULE ARGS` from the repository root; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def make_config(out_dir, model="mlp", grid=None, batch_sizes=("1", "2", "4"), **kwargs):
+    """A validated SweepConfig with small, fast defaults."""
+    kwargs = {"timing": FAST_TIMING, "isolate": False, **FIXED, **kwargs}
+    return config.build(
+        model,
+        grid or {"depths": ["2"], "widths": ["32"]},
+        list(batch_sizes),
+        out_dir=str(out_dir),
+        **kwargs,
+    )
+
+
+def run_in_process(cfg, log=lambda line: None):
+    """init_out_dir + sweep.run, as experiments.sweep does with --noisolate."""
+    sweep.init_out_dir(cfg, "# test\n")
+    return sweep.run(cfg, log=log)
+
+
+@pytest.fixture(scope="session")
+def smoke_dir(tmp_path_factory):
+    """A finished in-process MLP sweep: 2 widths x 4 batches."""
+    out = tmp_path_factory.mktemp("smoke")
+    cfg = make_config(
+        out, grid={"depths": ["2"], "widths": ["32", "64"]}, batch_sizes=("1", "2", "4", "8")
+    )
+    assert run_in_process(cfg) == 0
+    return out

@@ -1,0 +1,109 @@
+"""The command line: shipped flagfiles dry-run, bad input fails cleanly, flags re-run."""
+
+import glob
+import os
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_cli
+
+FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.flags"), recursive=True))
+
+
+def test_configs_exist():
+    names = {os.path.relpath(f, ROOT) for f in FLAGFILES}
+    assert {
+        "configs/base.flags",
+        "configs/smoke.flags",
+        "configs/seed/mlp.flags",
+        "configs/seed/mlp_widths.flags",
+    } <= names
+
+
+@pytest.mark.parametrize("flagfile", FLAGFILES, ids=lambda f: os.path.relpath(f, ROOT))
+def test_every_shipped_flagfile_dry_runs(flagfile, tmp_path):
+    text = Path(flagfile).read_text()
+    if os.path.basename(flagfile) != "base.flags":
+        assert text.startswith("#") and "python -m experiments." in text  # headed by its command
+    proc = run_cli(f"--flagfile={flagfile}", "--dry_run", f"--out_dir={tmp_path / 'x'}")
+    assert proc.returncode == 0, proc.stderr
+    assert " points, " in proc.stdout
+    assert not os.path.exists(tmp_path / "x")  # a dry run writes nothing
+
+
+def test_dry_run_prints_the_whole_grid(tmp_path):
+    proc = run_cli(
+        "--flagfile=configs/seed/mlp_widths.flags",
+        "--dry_run",
+        "--explain",
+        f"--out_dir={tmp_path}",
+    )
+    assert "50 points" in proc.stdout  # 5 widths x 10 batches
+    assert "mlp/depth=8,input_width=0,width=8192/b=512" in proc.stdout
+    assert "b* = P·s_w/(2·BW)" in proc.stdout
+
+
+BAD_INPUTS = [
+    (["--batch_sizes=0,4"], "--batch_sizes"),
+    (["--batch_sizes=-2"], "--batch_sizes"),
+    (["--batch_sizes=two"], "--batch_sizes"),
+    (["--model=transformerz"], "--model"),
+    (["--dtype=int3"], "--dtype"),
+    (["--predict_for=t5"], "--predict_for"),
+    (["--widths=-64"], "--widths"),
+    (["--depths=0"], "--depths"),
+    (["--time_budget_s=0"], "--time_budget_s"),
+    (["--flagfile=configs/does_not_exist.flags"], "does_not_exist.flags"),
+    (["--noplot", "stray"], "unexpected argument"),
+]
+
+
+@pytest.mark.parametrize("args,names", BAD_INPUTS, ids=lambda a: str(a))
+def test_bad_input_gets_one_clear_line(args, names, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli(*args, f"--out_dir={out}", "--noplot")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if names in ln]
+    assert lines, proc.stderr
+    assert not os.path.exists(out)  # nothing written
+
+
+def test_unwritable_out_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = run_cli("--flagfile=configs/smoke.flags", f"--out_dir={blocker / 'sub'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: --out_dir=")
+    assert blocker.read_text() == "not a directory"
+
+
+def test_different_config_in_out_dir_is_refused_and_nothing_overwritten(tmp_path):
+    out = tmp_path / "run"
+    common = [
+        "--flagfile=configs/smoke.flags",
+        f"--out_dir={out}",
+        "--peak_flops=1e11",
+        "--bandwidth=1e10",
+        "--noplot",
+        "--noisolate",
+    ]
+    first = run_cli(*common)
+    assert first.returncode == 0, first.stderr
+    before = {p: (out / p).read_bytes() for p in os.listdir(out)}
+    second = run_cli(*common, "--dtype=bfloat16")
+    assert second.returncode == 2
+    assert second.stderr.count("\n") == 1 and "--out_dir" in second.stderr
+    assert "dtype 'float32' there, 'bfloat16' now" in second.stderr
+    assert before == {p: (out / p).read_bytes() for p in os.listdir(out)}
+
+    # The saved flagfile re-runs the same sweep: nothing left to measure.
+    again = run_cli(f"--flagfile={out / 'flags.txt'}")
+    assert again.returncode == 0, again.stderr
+    assert "nothing to measure" in again.stdout
+    assert "critical batch: predicted" in again.stdout
+
+
+def test_plot_command(tmp_path):
+    proc = run_cli(str(tmp_path), module="experiments.plot")
+    assert proc.returncode == 2 and "no results.jsonl" in proc.stderr

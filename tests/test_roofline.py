@@ -1,0 +1,132 @@
+"""Roofline formulas, the knee fit and the datasheet table against hand calculations."""
+
+import math
+
+import numpy as np
+import pytest
+
+from batchlab import analysis, hardware, roofline
+from batchlab.numerics import Numerics
+from batchlab.workloads import mlp
+from batchlab.workloads.base import Cost
+
+T4_300 = roofline.Ceilings(65e12, 300e9, "test")
+
+
+def dense(m, n, s_w, s_a):
+    """A bias-free m x n layer: the REFERENCE 2.2 cost model."""
+    return lambda b: Cost(2 * b * m * n, s_w * m * n, s_a * b * (m + n))
+
+
+def test_predict_bounds_and_regime():
+    c = Cost(flops=2e9, weight_bytes=1e9, activation_bytes=0.5e9)
+    p = roofline.predict(c, roofline.Ceilings(1e12, 1e11, "test"), overhead_s=1e-3)
+    assert p.t_math_s == pytest.approx(2e-3)
+    assert p.t_mem_s == pytest.approx(1.5e-2)
+    assert p.lower_s == pytest.approx(1.5e-2) and p.regime == "bandwidth"
+    assert p.upper_s == pytest.approx(1.5e-2 + 2e-3 + 1e-3)
+    assert roofline.predict(c, roofline.Ceilings(1e12, 1e11, "t"), 1.0).regime == "overhead"
+    assert roofline.predict(c, roofline.Ceilings(1e9, 1e15, "t")).regime == "compute"
+
+
+def test_critical_batch_the_posts_216_for_fp16_weights():
+    # REFERENCE 2.3: b* = 65e12 * 2 / (2 * 300e9) = 216.7; 203 at 320 GB/s.
+    b = roofline.critical_batch(dense(4096, 4096, 2, 2), T4_300, with_activations=False)
+    assert b == pytest.approx(65e12 * 2 / (2 * 300e9), rel=1e-3)
+    b320 = roofline.critical_batch(
+        dense(4096, 4096, 2, 2), roofline.Ceilings(65e12, 320e9, "t"), with_activations=False
+    )
+    assert b320 == pytest.approx(203.1, abs=0.1)
+    # 1-byte weights give the reader's 108.
+    b1 = roofline.critical_batch(dense(4096, 4096, 1, 1), T4_300, with_activations=False)
+    assert b1 == pytest.approx(108.3, abs=0.1)
+
+
+def test_critical_batch_with_activations_closed_form():
+    # b* = (s_w R/2) / (1 - s_a R (m+n) / (2mn)) for m = n = D.
+    r, d = T4_300.ridge, 1024
+    expected = (2 * r / 2) / (1 - 2 * r / d)
+    got = roofline.critical_batch(dense(d, d, 2, 2), T4_300, with_activations=True)
+    assert got == pytest.approx(expected, rel=1e-3)
+    assert 300 < got < 400  # "the mid 300s" of REFERENCE 2.3
+
+
+def test_critical_batch_never_for_narrow_layers():
+    # D <= s_a R: activation bytes grow as fast as FLOPs: never compute-bound.
+    assert roofline.critical_batch(dense(256, 256, 2, 2), T4_300, with_activations=True) is None
+    assert roofline.critical_batch(dense(256, 256, 2, 2), T4_300, with_activations=False) > 200
+
+
+def test_critical_batch_of_mlp_family_matches_formula():
+    ceil = roofline.Ceilings(200e9, 30e9, "test")
+    got = roofline.critical_batch(
+        lambda b: mlp.cost({"depth": 8, "width": 1024, "input_width": 0}, b, Numerics()),
+        ceil,
+        with_activations=False,
+    )
+    # Bias and ReLU add a little work per example: within 0.2% of R*s_w/2.
+    assert got == pytest.approx(ceil.ridge * 4 / 2, rel=2e-3)
+
+
+def test_explain_prints_the_derivation_numbers():
+    text = roofline.explain_critical_batch("NVIDIA T4", T4_300, s_w=2, s_a=2, width=1024)
+    assert "216.7" in text  # R and b* for 2-byte weights
+    assert "108.3" in text  # R/2 for 1-byte weights
+    assert "8.1 TFLOP/s" in text
+
+
+@pytest.mark.parametrize("knee", [4.0, 24.0, 100.0])
+def test_fit_knee_recovers_a_synthetic_knee(knee):
+    b = 2.0 ** np.arange(0, 10)
+    rng = np.random.default_rng(0)
+    t = np.maximum(1.0, b / knee) * np.exp(rng.normal(0, 0.02, b.size))
+    fit = analysis.fit_knee(b, t)
+    assert fit.batch == pytest.approx(knee, rel=0.15)
+    assert fit.note == ""
+
+
+def test_fit_knee_says_when_the_knee_is_not_reached():
+    b = [1, 2, 4, 8]
+    assert analysis.fit_knee(b, [1.0, 1.0, 1.01, 0.99]).note.startswith("not reached")
+    assert analysis.fit_knee(b, [1.0, 2.0, 4.0, 8.0]).note.startswith("below")
+    assert analysis.fit_knee([1, 2], [1.0, 1.0]) is None
+
+
+@pytest.mark.parametrize(
+    "kind,key",
+    [
+        ("Tesla T4", "t4"),
+        ("NVIDIA A100-SXM4-80GB", "a100_80gb"),
+        ("NVIDIA A100-SXM4-40GB", "a100_40gb"),
+        ("NVIDIA A10", "a10"),
+        ("NVIDIA H100 80GB HBM3", "h100_sxm"),
+        ("NVIDIA H100 PCIe", "h100_pcie"),
+        ("NVIDIA H200", "h200"),
+        ("TPU v5 lite", "tpu_v5e"),
+        ("TPU v4", "tpu_v4"),
+    ],
+)
+def test_device_kind_lookup(kind, key):
+    assert hardware.lookup(kind).key == key
+
+
+def test_cpu_has_no_datasheet_row():
+    assert hardware.lookup("cpu") is None
+
+
+def test_peak_flops_follows_dtype_and_precision():
+    t4, h100, v5e = (hardware.DATASHEET[k] for k in ("t4", "h100_sxm", "tpu_v5e"))
+    assert hardware.peak_flops(t4, Numerics("float16"))[0] == 65e12
+    assert hardware.peak_flops(t4, Numerics("float32"))[0] == 8.1e12  # no tf32 on a T4
+    assert hardware.peak_flops(h100, Numerics("float32"))[0] == pytest.approx(494.7e12)
+    assert hardware.peak_flops(h100, Numerics("float32", "highest"))[0] == 67e12
+    assert hardware.peak_flops(h100, Numerics("bfloat16"))[0] == pytest.approx(989.4e12)
+    assert hardware.peak_flops(v5e, Numerics("float32", "highest"))[0] == pytest.approx(197e12 / 6)
+
+
+def test_fits_in_picks_the_smallest_cache():
+    caches = {"L1": 32 * 2**10, "L2": 2**20, "L3": 32 * 2**20}
+    assert hardware.fits_in(1000, caches) == "L1"
+    assert hardware.fits_in(2**20, caches) == "L2"
+    assert hardware.fits_in(33 * 2**20, caches) == "memory"
+    assert math.isfinite(hardware.DATASHEET["h200"].cache_bytes)
