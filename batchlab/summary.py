@@ -107,20 +107,28 @@ def explain(config, device_name: str, ceilings: roofline.Ceilings | None) -> str
 
 
 def grid_text(config) -> str:
-    """The grid a sweep would measure, with each point's analytic cost; nothing compiled."""
+    """The grid a sweep would measure: each point's analytic cost and its roofline time on
+    each --predict_for device; nothing compiled."""
     from batchlab.config import grid_points, point_id
 
     family = workloads.get(config.model)
-    lines = [f"{'point':<50} {'GFLOP':>10} {'weight MB':>10} {'activ. MB':>10} {'state MB':>9}"]
+    devices = [hardware.by_key(k) for k in config.predict_for]
+    ceilings = [hardware.datasheet_ceilings(d, config.numerics) for d in devices]
+    lines = [
+        f"{'point':<50} {'GFLOP':>10} {'weight MB':>10} {'activ. MB':>10} {'state MB':>9}"
+        + "".join(f" {d.key:>10}" for d in devices)
+    ]
     for point, batch in grid_points(config):
         c = family.cost(point, batch, config.numerics)
         lines.append(
             f"{point_id(config.model, point, batch):<50} {c.flops / 1e9:>10.4g} "
             f"{c.weight_bytes / 1e6:>10.4g} {c.activation_bytes / 1e6:>10.4g} "
             f"{c.state_bytes / 1e6:>9.4g}"
+            + "".join(f" {fmt_time(roofline.predict(c, ceil).lower_s):>10}" for ceil in ceilings)
         )
     lines.append(
         f"{len(lines) - 1} points, {config.numerics.dtype}, "
         f"precision {config.numerics.precision}; out_dir {config.out_dir}"
+        + ("; device columns: roofline time from the datasheet" if devices else "")
     )
     return "\n".join(lines)
