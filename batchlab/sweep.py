@@ -131,8 +131,8 @@ def measure_point(
     stats = timing.time_calls(call, config.timing)
     cost = work.cost
     pred = roofline.predict(cost, ceilings, floor_s)
-    # Bytes touched per call; with rotated copies the weights are cold by construction.
-    working_set = cost.total_bytes
+    # What repeated calls cycle through: every weight copy, plus this call's other bytes.
+    working_set = cost.total_bytes + cost.weight_bytes * (config.weight_copies - 1)
     return {
         "time": stats.as_dict(),
         "time_per_example_s": stats.median_s / batch,
@@ -149,12 +149,7 @@ def measure_point(
             "bytes_per_s": cost.total_bytes / stats.median_s,
             "fraction_of_bandwidth": cost.total_bytes / stats.median_s / ceilings.bandwidth,
         },
-        "working_set": {
-            "bytes": working_set,
-            "fits_in": "memory"
-            if config.weight_copies > 1
-            else hardware.fits_in(working_set, caches),
-        },
+        "working_set": {"bytes": working_set, "fits_in": hardware.fits_in(working_set, caches)},
     }
 
 
