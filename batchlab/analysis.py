@@ -42,14 +42,26 @@ def fit_knee(batches, times) -> Knee | None:
     return Knee(float(2**k), note, float(math.sqrt(sse[best] / len(x))))
 
 
-def series(records: list[dict]) -> dict[tuple, list[dict]]:
-    """Successful records grouped by (model, params, dtype, precision), sorted by batch."""
+def x_value(record: dict, x: str):
+    """The record's value on axis `x`: "batch" or a family parameter."""
+    return record["batch"] if x == "batch" else record["params"][x]
+
+
+def series(records: list[dict], x: str = "batch") -> dict[tuple, list[dict]]:
+    """Successful records grouped by everything but axis `x`, each sorted along `x`.
+
+    The key is (model, params without x, dtype, precision); when x is not the batch,
+    the batch joins the params as ("batch", b).
+    """
     groups = defaultdict(list)
     for r in records:
         if r.get("status") == "ok":
-            key = (r["model"], tuple(sorted(r["params"].items())), r["dtype"], r["precision"])
+            params = {k: v for k, v in r["params"].items() if k != x}
+            if x != "batch":
+                params["batch"] = r["batch"]
+            key = (r["model"], tuple(sorted(params.items())), r["dtype"], r["precision"])
             groups[key].append(r)
-    return {k: sorted(v, key=lambda r: r["batch"]) for k, v in groups.items()}
+    return {k: sorted(v, key=lambda r: x_value(r, x)) for k, v in groups.items()}
 
 
 def series_label(key: tuple) -> str:

@@ -24,5 +24,9 @@ def run(main, takes_args: bool = False) -> None:
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            # Every finished point is on disk: the same command resumes after it.
+            print("interrupted; run the same command again to resume", file=sys.stderr)
+            sys.exit(130)
 
     app.run(guarded)

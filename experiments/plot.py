@@ -14,7 +14,7 @@ def main(argv):
         if not os.path.exists(os.path.join(out_dir, results.RESULTS)):
             raise ConfigError(f"{out_dir}: no {results.RESULTS} there")
         try:
-            print(plotting.plot_dir(out_dir))
+            print("\n".join(plotting.plot_dir(out_dir)))
         except ValueError as e:
             raise ConfigError(f"{out_dir}: {e}") from None
 

@@ -32,7 +32,7 @@ def main(argv):
     records = results.load(os.path.join(config.out_dir, results.RESULTS), warn=print)
     print(summary.table(records, config.predict_for))
     if PLOT.value and any(r["status"] == "ok" for r in records):
-        print(f"plot: {plotting.plot_dir(config.out_dir)}")
+        print(f"plots: {', '.join(plotting.plot_dir(config.out_dir))}")
     print(f"results: {os.path.join(config.out_dir, results.RESULTS)}")
 
 

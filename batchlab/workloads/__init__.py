@@ -3,10 +3,17 @@
 import importlib
 
 from batchlab.errors import ConfigError
-from batchlab.workloads import mlp
+from batchlab.workloads import decoder, mlp
 from batchlab.workloads.base import Cost, Family, Param, Point, Workload
 
-REGISTRY: dict[str, Family] = {f.name: f for f in (mlp.FAMILY,)}
+REGISTRY: dict[str, Family] = {
+    f.name: f
+    for f in (
+        mlp.FAMILY,
+        decoder.DECODE,
+        decoder.PREFILL,
+    )
+}
 
 
 def register(family: Family) -> None:

@@ -105,6 +105,7 @@ class Family:
     # records (dicts as in results.jsonl), e.g. "C1: time per example at b=32 ...".
     verdicts: Callable[[list[dict]], list[str]] = lambda records: []
     batch_unit: str = "examples"
+    plot_axes: tuple[str, ...] = ()  # parameters to plot time against, besides batch
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
