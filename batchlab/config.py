@@ -33,6 +33,9 @@ class SweepConfig:
     retry_failed: bool = False
     isolate: bool = True  # measure in a child process that a crash cannot take down
     explain: bool = False
+    profile_dir: str | None = None  # jax.profiler traces of selected points go here
+    profile_batches: tuple[int, ...] = ()  # which batches to trace; empty: every point
+    compilation_cache_dir: str | None = None  # JAX's persistent compilation cache
 
     def fingerprint(self) -> dict:
         """What makes two result sets comparable: a rerun into the same directory must
@@ -61,7 +64,7 @@ class SweepConfig:
         d["numerics"] = Numerics(**d["numerics"])
         d["timing"] = TimingSpec(**d["timing"])
         d["grid"] = {k: tuple(v) for k, v in d["grid"].items()}
-        for k in ("batch_sizes", "predict_for", "family_modules"):
+        for k in ("batch_sizes", "predict_for", "family_modules", "profile_batches"):
             d[k] = tuple(d[k])
         return cls(**d)
 
@@ -71,23 +74,32 @@ def _positive(flag: str, value, allow_zero=False):
         raise ConfigError(f"--{flag}={value}: must be {'>= 0' if allow_zero else '> 0'}")
 
 
+def _batch_list(flag: str, raw_values) -> list[int]:
+    """Batch sizes from flag strings; each must be an integer >= 1."""
+    batches = []
+    for raw in raw_values:
+        try:
+            b = int(raw)
+        except ValueError:
+            raise ConfigError(f"--{flag}: {raw!r} is not an integer") from None
+        if b < 1:
+            raise ConfigError(f"--{flag}: {b} is not allowed; batch sizes must be >= 1")
+        batches.append(b)
+    return batches
+
+
 def build(
     model: str, raw_grid: Mapping[str, list[str]], batch_sizes: list[str], **kwargs
 ) -> SweepConfig:
     """A validated SweepConfig from flag values; raises ConfigError naming the flag."""
     workloads.import_family_modules(kwargs.get("family_modules", ()))
     family = workloads.get(model)
-    batches = []
-    for raw in batch_sizes:
-        try:
-            b = int(raw)
-        except ValueError:
-            raise ConfigError(f"--batch_sizes: {raw!r} is not an integer") from None
-        if b < 1:
-            raise ConfigError(f"--batch_sizes: {b} is not allowed; batch sizes must be >= 1")
-        batches.append(b)
+    batches = _batch_list("batch_sizes", batch_sizes)
     if not batches:
         raise ConfigError("--batch_sizes: give at least one batch size")
+    kwargs["profile_batches"] = tuple(
+        _batch_list("profile_batches", kwargs.get("profile_batches", ()))
+    )
     grid = {}
     for p in family.params:
         values = raw_grid.get(p.flag) or [str(v) for v in p.default]

@@ -129,6 +129,13 @@ def measure_point(
             inputs = work.next_inputs(out, inputs)
 
     stats = timing.time_calls(call, config.timing)
+    if config.profile_dir and (not config.profile_batches or batch in config.profile_batches):
+        # A few calls after timing, so the trace shows the steady state, not compilation.
+        with jax.profiler.trace(
+            os.path.join(config.profile_dir, _slug(point_id(config.model, point, batch)))
+        ):
+            for i in range(3):
+                call(i)
     cost = work.cost
     pred = roofline.predict(cost, ceilings, floor_s)
     # What repeated calls cycle through: every weight copy, plus this call's other bytes.
@@ -136,7 +143,11 @@ def measure_point(
     return {
         "time": stats.as_dict(),
         "time_per_example_s": stats.median_s / batch,
-        "compile": {"lower_s": compiled.lower_s, "compile_s": compiled.compile_s},
+        "compile": {
+            "lower_s": compiled.lower_s,
+            "compile_s": compiled.compile_s,
+            "cache_dir": config.compilation_cache_dir,
+        },
         "cost": cost.as_dict(),
         "xla": {
             "cost_analysis": compiled.cost_analysis,
@@ -151,6 +162,19 @@ def measure_point(
         },
         "working_set": {"bytes": working_set, "fits_in": hardware.fits_in(working_set, caches)},
     }
+
+
+def _slug(pid: str) -> str:
+    """A point id as one directory name."""
+    return pid.replace("/", "__").replace(",", "_").replace("=", "")
+
+
+def enable_compilation_cache(path: str) -> None:
+    """JAX's persistent cache for every compile, however quick (REFERENCE 6: CPU compiles
+    under a second are skipped by default)."""
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _failure_reason(e: BaseException) -> tuple[str, str]:
@@ -192,6 +216,8 @@ def run(config: SweepConfig, log=print) -> int:
     Returns RESTART_EXIT_CODE after an out-of-memory failure when isolated, since a
     process that hit OOM is not to be trusted for the next point (REFERENCE 6).
     """
+    if config.compilation_cache_dir:
+        enable_compilation_cache(config.compilation_cache_dir)
     device = jax.devices()[0]
     todo = pending(config, log)
     if not todo:

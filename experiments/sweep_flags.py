@@ -52,6 +52,15 @@ ISOLATE = flags.DEFINE_bool(
     "Measure in a child process, so a crashing point is recorded as failed and the sweep goes on.",
 )
 EXPLAIN = flags.DEFINE_bool("explain", False, "Print the critical-batch derivation.")
+PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", None, "Write jax.profiler traces of the points at --profile_batches here."
+)
+PROFILE_BATCHES = flags.DEFINE_list(
+    "profile_batches", [], "Batch sizes to trace with --profile_dir; empty: every point."
+)
+COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", None, "Enable JAX's persistent compilation cache in this directory."
+)
 
 
 def _define_family_flags():
@@ -95,6 +104,9 @@ def sweep_config() -> config.SweepConfig:
         retry_failed=RETRY_FAILED.value,
         isolate=ISOLATE.value,
         explain=EXPLAIN.value,
+        profile_dir=PROFILE_DIR.value,
+        profile_batches=tuple(PROFILE_BATCHES.value),
+        compilation_cache_dir=COMPILATION_CACHE_DIR.value,
     )
 
 

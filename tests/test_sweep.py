@@ -190,3 +190,24 @@ def test_summary_table_lists_every_point_and_the_critical_batch(smoke_dir):
     assert text.count("width=32") >= 1 and text.count("width=64") >= 1
     assert text.count("critical batch: predicted") == 2
     assert "on NVIDIA T4" in text and "median |measured/predicted - 1|" in text
+
+
+def test_profile_traces_and_compilation_cache(tmp_path):
+    out, trace, cache = tmp_path / "run", tmp_path / "trace", tmp_path / "cc"
+    args = [
+        "--flagfile=configs/smoke.flags",
+        f"--out_dir={out}",
+        f"--profile_dir={trace}",
+        "--profile_batches=4",
+        f"--compilation_cache_dir={cache}",
+        "--peak_flops=1e11",
+        "--bandwidth=1e10",
+        "--noplot",
+    ]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    traced = os.listdir(trace)
+    assert traced == ["mlp__depth2_input_width0_width64__b4"]  # only the selected batch
+    assert list((trace / traced[0]).rglob("*.xplane.pb"))
+    assert any(name.startswith("jit_apply") for name in os.listdir(cache))
+    assert all(r["compile"]["cache_dir"] == str(cache) for r in load(out))
