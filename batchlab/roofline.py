@@ -3,7 +3,7 @@
 import dataclasses
 from collections.abc import Callable
 
-from batchlab.workloads.base import Cost
+from batchlab.cost import Cost
 
 MAX_BATCH = 2**30  # searching past this means "never compute-bound"
 
@@ -83,6 +83,11 @@ def critical_batch(
         lo, hi = (lo, mid) if excess(mid) >= 0 else (mid, hi)
     e_lo, e_hi = excess(lo), excess(hi)
     return lo + (-e_lo) / (e_hi - e_lo)
+
+
+def fmt_batch(b: float | None) -> str:
+    """A critical batch for printing; None means never compute-bound."""
+    return "never" if b is None else f"{b:.1f}"
 
 
 def explain_critical_batch(

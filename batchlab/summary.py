@@ -15,10 +15,6 @@ def fmt_time(t: float) -> str:
     return f"{t * 1e3:.4g} ms" if t < 1 else f"{t:.3g} s"
 
 
-def _batch(b: float | None) -> str:
-    return "never" if b is None else f"{b:.1f}"
-
-
 def _ceilings_of(record: dict) -> roofline.Ceilings:
     return roofline.Ceilings(**record["ceilings"])
 
@@ -51,10 +47,13 @@ def table(records: list[dict], predict_for=()) -> str:
         measured = (
             "-" if knee is None else f"{knee.batch:.1f}" + (f" ({knee.note})" if knee.note else "")
         )
-        lines.append(
-            f"critical batch: predicted {_batch(b_w)} (weights only), "
-            f"{_batch(b_a)} (with activations); measured knee {measured}"
+        predicted = (
+            f"predicted {roofline.fmt_batch(b_w)} (weights only), "
+            f"{roofline.fmt_batch(b_a)} (with activations)"
+            if points[0]["cost"]["weight_bytes"]
+            else "n/a (no weights for a batch to share)"
         )
+        lines.append(f"critical batch: {predicted}; measured knee {measured}")
         for dev in predict_for:
             lines.append(_other_device_line(key, points, hardware.by_key(dev)))
     ok = [r for r in records if r.get("status") == "ok"]
@@ -86,7 +85,7 @@ def _other_device_line(key: tuple, points: list[dict], spec: hardware.DeviceSpec
         for r in points
     )
     b = analysis.predicted_critical_batch(key, ceilings, with_activations=True)
-    return f"  on {spec.name} ({ceilings.flops_kernel}): b* {_batch(b)}; {times}"
+    return f"  on {spec.name} ({ceilings.flops_kernel}): b* {roofline.fmt_batch(b)}; {times}"
 
 
 def explain(config, device_name: str, ceilings: roofline.Ceilings | None) -> str:
@@ -95,11 +94,13 @@ def explain(config, device_name: str, ceilings: roofline.Ceilings | None) -> str
     width = config.grid.get("width", (None,))[0]
     blocks = []
     if ceilings is not None:
-        blocks.append(roofline.explain_critical_batch(device_name, ceilings, s, s, width))
+        blocks.append(
+            roofline.explain_criticalroofline.fmt_batch(device_name, ceilings, s, s, width)
+        )
     for key in config.predict_for or ("t4",):
         spec = hardware.by_key(key)
         blocks.append(
-            roofline.explain_critical_batch(
+            roofline.explain_criticalroofline.fmt_batch(
                 spec.name, hardware.datasheet_ceilings(spec, config.numerics), s, s, width
             )
         )

@@ -161,7 +161,7 @@ def measure_point(
             "fraction_of_bandwidth": cost.total_bytes / stats.median_s / ceilings.bandwidth,
         },
         "working_set": {"bytes": working_set, "fits_in": hardware.fits_in(working_set, caches)},
-    }
+    } | ({"metrics": work.metrics} if work.metrics else {})
 
 
 def _slug(pid: str) -> str:

@@ -3,13 +3,16 @@
 import importlib
 
 from batchlab.errors import ConfigError
-from batchlab.workloads import decoder, mlp
+from batchlab.workloads import conv_layer, decoder, mlp, pooling, resnet
 from batchlab.workloads.base import Cost, Family, Param, Point, Workload
 
 REGISTRY: dict[str, Family] = {
     f.name: f
     for f in (
         mlp.FAMILY,
+        conv_layer.FAMILY,
+        pooling.FAMILY,
+        resnet.FAMILY,
         decoder.DECODE,
         decoder.PREFILL,
     )

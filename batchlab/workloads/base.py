@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from batchlab.cost import Cost
 from batchlab.errors import ConfigError
 from batchlab.numerics import Numerics
 
@@ -42,45 +43,15 @@ class Param:
         return value
 
 
-@dataclasses.dataclass(frozen=True)
-class Cost:
-    """Analytic cost of one call: FLOPs and bytes moved, by kind (REFERENCE 2)."""
-
-    flops: float
-    weight_bytes: float
-    activation_bytes: float
-    state_bytes: float = 0.0  # e.g. a KV cache read and written
-
-    @property
-    def total_bytes(self) -> float:
-        return self.weight_bytes + self.activation_bytes + self.state_bytes
-
-    @property
-    def intensity(self) -> float:
-        """FLOPs per byte moved."""
-        return self.flops / self.total_bytes if self.total_bytes else float("inf")
-
-    def __add__(self, other: "Cost") -> "Cost":
-        return Cost(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self) | {
-            "total_bytes": self.total_bytes,
-            "intensity": self.intensity,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "Cost":
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
-
-
 @dataclasses.dataclass
 class Workload:
     """A function ready to compile and time: `fn(weights, *inputs)`.
 
     `weights` is kept apart so the harness can rotate copies of it (REFERENCE 2.9).
     When `next_inputs` is set, each call's inputs come from the previous call's
-    outputs (a decode step that donates and returns its KV cache, say).
+    outputs (a decode step that donates and returns its KV cache, say). `metrics` is
+    extra per-point data (JSON values, e.g. an MoE layer's balance metrics) that the
+    sweep records under "metrics".
     """
 
     fn: Callable
@@ -89,6 +60,7 @@ class Workload:
     cost: Cost
     donate_argnums: tuple[int, ...] = ()
     next_inputs: Callable[[Any, tuple], tuple] | None = None
+    metrics: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
