@@ -5,7 +5,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 
-from batchlab import hardware, workloads
+from batchlab import distributed, hardware, workloads
 from batchlab.errors import ConfigError
 from batchlab.numerics import Numerics
 from batchlab.timing import TimingSpec
@@ -36,6 +36,14 @@ class SweepConfig:
     profile_dir: str | None = None  # jax.profiler traces of selected points go here
     profile_batches: tuple[int, ...] = ()  # which batches to trace; empty: every point
     compilation_cache_dir: str | None = None  # JAX's persistent compilation cache
+    mesh: tuple[tuple[str, int], ...] = ()  # e.g. (("data", 8),); () is one device
+    distributed: bool = False  # join jax.distributed (several processes or hosts)
+    coordinator_address: str | None = None  # host:port of process 0; None: detect
+    num_processes: int | None = None
+    process_id: int | None = None
+    distributed_timeout_s: int = 60  # a dead process fails the others after this
+    shard_index: int = 0  # this worker's share of the grid, of num_shards
+    num_shards: int = 1
 
     def fingerprint(self) -> dict:
         """What makes two result sets comparable: a rerun into the same directory must
@@ -47,6 +55,7 @@ class SweepConfig:
             "seed": self.seed,
             "weight_copies": self.weight_copies,
             "family_modules": list(self.family_modules),
+            "mesh": [list(axis) for axis in self.mesh],
         }
 
     def fingerprint_hash(self) -> str:
@@ -64,6 +73,7 @@ class SweepConfig:
         d["numerics"] = Numerics(**d["numerics"])
         d["timing"] = TimingSpec(**d["timing"])
         d["grid"] = {k: tuple(v) for k, v in d["grid"].items()}
+        d["mesh"] = tuple(tuple(axis) for axis in d["mesh"])
         for k in ("batch_sizes", "predict_for", "family_modules", "profile_batches"):
             d[k] = tuple(d[k])
         return cls(**d)
@@ -126,6 +136,29 @@ def validate(config: SweepConfig) -> None:
         raise ConfigError(f"--ceilings={config.ceilings}: allowed are {', '.join(CEILINGS)}")
     for key in config.predict_for:
         hardware.by_key(key)
+    distributed.check_axes(config.mesh, config.model, family.mesh_axes)
+    n_data = distributed.data_size(config.mesh)
+    for b in config.batch_sizes:
+        if b % n_data:
+            raise ConfigError(
+                f"--batch_sizes: {b} does not split over the mesh's data axis "
+                f"of {n_data} devices; use multiples of {n_data}"
+            )
+    if not 0 <= config.shard_index < config.num_shards:
+        raise ConfigError(
+            f"--shard_index={config.shard_index}: must be in "
+            f"0..{config.num_shards - 1} for --num_shards={config.num_shards}"
+        )
+    if (
+        config.num_processes is not None
+        and config.process_id is not None
+        and not (0 <= config.process_id < config.num_processes)
+    ):
+        raise ConfigError(
+            f"--process_id={config.process_id}: must be in "
+            f"0..{config.num_processes - 1} for --num_processes="
+            f"{config.num_processes}"
+        )
     for values in _product(config.grid):
         family.validate(values)
 

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 
 from batchlab import results, sweep
 from batchlab.config import SweepConfig, grid_points
@@ -24,9 +25,15 @@ def _describe_exit(rc: int) -> str:
     return f"worker process exited with code {rc}"
 
 
-def run_supervised(config: SweepConfig, log=print) -> int:
-    """Runs `python -m batchlab.worker OUT_DIR` until the grid is done; returns an exit code."""
-    cmd = [sys.executable, "-m", "batchlab.worker", config.out_dir]
+def run_supervised(config: SweepConfig, flagfile_text: str, log=print) -> int:
+    """Runs `python -m batchlab.worker JOB` until the grid is done; returns an exit code."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="batchlab-job-") as job:
+        json.dump({"config": config.to_json(), "flagfile": flagfile_text}, job)
+        job.flush()
+        return _supervise([sys.executable, "-m", "batchlab.worker", job.name], config, log)
+
+
+def _supervise(cmd: list[str], config: SweepConfig, log) -> int:
     inflight_path = os.path.join(config.out_dir, results.INFLIGHT)
     for _ in range(len(grid_points(config)) + 1):  # each restart retires one point
         rc = subprocess.run(cmd).returncode

@@ -94,13 +94,11 @@ def explain(config, device_name: str, ceilings: roofline.Ceilings | None) -> str
     width = config.grid.get("width", (None,))[0]
     blocks = []
     if ceilings is not None:
-        blocks.append(
-            roofline.explain_criticalroofline.fmt_batch(device_name, ceilings, s, s, width)
-        )
+        blocks.append(roofline.explain_critical_batch(device_name, ceilings, s, s, width))
     for key in config.predict_for or ("t4",):
         spec = hardware.by_key(key)
         blocks.append(
-            roofline.explain_criticalroofline.fmt_batch(
+            roofline.explain_critical_batch(
                 spec.name, hardware.datasheet_ceilings(spec, config.numerics), s, s, width
             )
         )

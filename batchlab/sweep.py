@@ -6,7 +6,16 @@ import time
 
 import jax
 
-from batchlab import calibration, hardware, results, roofline, summary, timing, workloads
+from batchlab import (
+    calibration,
+    distributed,
+    hardware,
+    results,
+    roofline,
+    summary,
+    timing,
+    workloads,
+)
 from batchlab.config import SweepConfig, grid_points, point_id
 from batchlab.errors import ConfigError
 
@@ -67,6 +76,8 @@ def pending(config: SweepConfig, log=print) -> list[tuple[dict, int, str]]:
     todo = []
     for point, batch in grid_points(config):
         pid = point_id(config.model, point, batch)
+        if distributed.shard_of(pid, config.num_shards) != config.shard_index:
+            continue  # another worker's point (--shard_index / --num_shards)
         earlier = done.get(pid)
         if earlier is None or (earlier["status"] != "ok" and config.retry_failed):
             todo.append((point, batch, pid))
@@ -111,16 +122,31 @@ def measure_point(
     ceilings: roofline.Ceilings,
     floor_s: float,
     caches: dict,
+    mesh=None,
+    agree=None,
 ) -> dict:
-    """Builds, compiles and times one point; returns the fields of its record."""
+    """Builds, compiles and times one point; returns the fields of its record.
+
+    With a mesh, inputs are split along "data" and weights replicated; the prediction
+    is then for one device's share (REFERENCE 2 applied per device).
+    """
     family = workloads.get(config.model)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), batch)
     with jax.default_device(device):
         work = family.build(point, batch, config.numerics, key)
-        copies = _weight_copies(work.weights, config.weight_copies)
-    compiled = timing.compile_ahead(work.fn, (work.weights, *work.inputs), work.donate_argnums)
+    weights, inputs, cost, layout = work.weights, work.inputs, work.cost, {}
+    if mesh is not None:
+        weights, inputs, shardings = distributed.place(weights, inputs, batch, mesh)
+        cost = distributed.per_device(work.cost, config.mesh)
+        layout = {
+            "mesh": dict(config.mesh),
+            "per_device_batch": batch // distributed.data_size(config.mesh),
+            "shardings": shardings,
+            "cost_per_device": cost.as_dict(),
+        }
+    copies = _weight_copies(weights, config.weight_copies)
+    compiled = timing.compile_ahead(work.fn, (weights, *inputs), work.donate_argnums)
     run, n = compiled.compiled, len(copies)
-    inputs = work.inputs
 
     def call(i):
         nonlocal inputs
@@ -128,7 +154,8 @@ def measure_point(
         if work.next_inputs is not None:
             inputs = work.next_inputs(out, inputs)
 
-    stats = timing.time_calls(call, config.timing)
+    distributed.barrier(f"time {point_id(config.model, point, batch)}")
+    stats = timing.time_calls(call, config.timing, agree)
     if config.profile_dir and (not config.profile_batches or batch in config.profile_batches):
         # A few calls after timing, so the trace shows the steady state, not compilation.
         with jax.profiler.trace(
@@ -136,7 +163,6 @@ def measure_point(
         ):
             for i in range(3):
                 call(i)
-    cost = work.cost
     pred = roofline.predict(cost, ceilings, floor_s)
     # What repeated calls cycle through: every weight copy, plus this call's other bytes.
     working_set = cost.total_bytes + cost.weight_bytes * (config.weight_copies - 1)
@@ -148,7 +174,7 @@ def measure_point(
             "compile_s": compiled.compile_s,
             "cache_dir": config.compilation_cache_dir,
         },
-        "cost": cost.as_dict(),
+        "cost": work.cost.as_dict(),
         "xla": {
             "cost_analysis": compiled.cost_analysis,
             "memory_analysis": compiled.memory_analysis,
@@ -161,7 +187,9 @@ def measure_point(
             "fraction_of_bandwidth": cost.total_bytes / stats.median_s / ceilings.bandwidth,
         },
         "working_set": {"bytes": working_set, "fits_in": hardware.fits_in(working_set, caches)},
-    } | ({"metrics": work.metrics} if work.metrics else {})
+        **layout,
+        **({"metrics": work.metrics} if work.metrics else {}),
+    }
 
 
 def _slug(pid: str) -> str:
@@ -210,16 +238,35 @@ def failed_record(
     }
 
 
-def run(config: SweepConfig, log=print) -> int:
+def run_job(config: SweepConfig, flagfile_text: str, log=print) -> int:
+    """Checks what needs the devices, then OUT_DIR, then measures: nothing is written
+    when the mesh does not fit the devices."""
+    if config.compilation_cache_dir:
+        enable_compilation_cache(config.compilation_cache_dir)
+    mesh = distributed.make_mesh(config.mesh) if config.mesh else None
+    if distributed.is_writer():
+        init_out_dir(config, flagfile_text)
+    return run(config, log, mesh)
+
+
+def run(config: SweepConfig, log=print, mesh=None) -> int:
     """Measures every pending point, appending a record for each; returns an exit code.
 
     Returns RESTART_EXIT_CODE after an out-of-memory failure when isolated, since a
     process that hit OOM is not to be trusted for the next point (REFERENCE 6).
     """
-    if config.compilation_cache_dir:
-        enable_compilation_cache(config.compilation_cache_dir)
-    device = jax.devices()[0]
-    todo = pending(config, log)
+    device = jax.local_devices()[0]  # devices()[0] may belong to another process
+    writer = distributed.is_writer()
+    log = log if writer else (lambda line: None)
+    grid = [(p, b, point_id(config.model, p, b)) for p, b in grid_points(config)]
+    todo_ids = {pid for _, _, pid in pending(config, log)} if writer else set()
+    # Process 0 decides what is left; every process then runs the same points in order.
+    todo = [
+        grid[i]
+        for i in distributed.broadcast_ints(
+            [i for i, (_, _, pid) in enumerate(grid) if pid in todo_ids]
+        )
+    ]
     if not todo:
         log("nothing to measure: every point already has a result")
         return 0
@@ -234,12 +281,14 @@ def run(config: SweepConfig, log=print) -> int:
     )
     if config.explain:
         log(summary.explain(config, device.device_kind, ceilings))
+    agree = distributed.agree if jax.process_count() > 1 else None
     out = config.out_dir
     results_path = os.path.join(out, results.RESULTS)
     inflight = os.path.join(out, results.INFLIGHT)
     started = time.perf_counter()
     for n, (point, batch, pid) in enumerate(todo, 1):
-        results.write_json_atomic(inflight, {"id": pid, "params": point, "batch": batch})
+        if writer:
+            results.write_json_atomic(inflight, {"id": pid, "params": point, "batch": batch})
         base = _base_record(config, point, batch, pid, device)
         try:
             record = base | {
@@ -247,12 +296,15 @@ def run(config: SweepConfig, log=print) -> int:
                 "ceilings": ceilings.as_dict(),
                 "empty_call_s": floor.median_s,
             }
-            record |= measure_point(config, point, batch, device, ceilings, floor.median_s, caches)
+            record |= measure_point(
+                config, point, batch, device, ceilings, floor.median_s, caches, mesh, agree
+            )
         except Exception as e:  # any point may fail; the sweep goes on
             kind, reason = _failure_reason(e)
             record = failed_record(config, point, batch, pid, device, kind, reason)
-        results.append(results_path, record)
-        os.remove(inflight)
+        if writer:
+            results.append(results_path, record)
+            os.remove(inflight)
         left = (time.perf_counter() - started) / n * (len(todo) - n)
         log(_progress_line(n, len(todo), record, left))
         if record["status"] != "ok" and record["failure"] == "oom" and config.isolate:

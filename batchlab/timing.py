@@ -68,16 +68,21 @@ def summarize(samples: Sequence[float], target_spread: float) -> TimingStats:
     )
 
 
-def time_calls(call: Callable[[int], Any], spec: TimingSpec) -> TimingStats:
+def time_calls(call: Callable[[int], Any], spec: TimingSpec, agree=None) -> TimingStats:
     """Times `call(i)` (which must block on its result) until the spread is small.
 
     One sample is one call: the latency a caller of one batch sees. Host-device copies
     inside the timed loop are errors (jax_transfer_guard), so a stray transfer cannot
-    hide in a time.
+    hide in a time. With several processes, every one must make the same calls:
+    `agree(stop) -> stop` then makes each stop decision process 0's, taken only at
+    sample counts that all processes share, and warm-up goes by count alone.
     """
+    lockstep = agree is not None
     with jax.transfer_guard("disallow"):
         start, i = time.perf_counter(), 0
-        while i < spec.warmup_reps or time.perf_counter() - start < spec.warmup_s:
+        while i < spec.warmup_reps or (
+            not lockstep and time.perf_counter() - start < spec.warmup_s
+        ):
             call(i)
             i += 1
         samples: list[float] = []
@@ -88,12 +93,14 @@ def time_calls(call: Callable[[int], Any], spec: TimingSpec) -> TimingStats:
             call(i)
             samples.append(time.perf_counter() - t0)
             i += 1
+            late = time.perf_counter() >= deadline and len(samples) >= min(3, spec.min_reps)
             if len(samples) >= next_check:
                 # Checking every sample would cost O(n^2); check at geometric steps.
                 next_check = max(next_check + 1, int(next_check * 1.25))
-                if summarize(samples, spec.target_spread).spread <= spec.target_spread:
+                stable = summarize(samples, spec.target_spread).spread <= spec.target_spread
+                if (agree or bool)(stable or late):
                     break
-            if time.perf_counter() >= deadline and len(samples) >= min(3, spec.min_reps):
+            elif late and not lockstep:
                 break
     return summarize(samples, spec.target_spread)
 

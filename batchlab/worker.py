@@ -1,21 +1,24 @@
-"""Entry point of the measuring child process: `python -m batchlab.worker OUT_DIR`."""
+"""Entry point of the measuring child process: `python -m batchlab.worker JOB_JSON`.
+
+JOB_JSON holds {"config": SweepConfig as JSON, "flagfile": the resolved flags}.
+"""
 
 import json
-import os
 import sys
 
-from batchlab import results, sweep, workloads
+from batchlab import sweep, workloads
 from batchlab.config import SweepConfig
 from batchlab.errors import ConfigError
 
 
 def main(argv: list[str]) -> int:
-    (out_dir,) = argv
-    with open(os.path.join(out_dir, results.CONFIG)) as f:
-        config = SweepConfig.from_json(json.load(f)["config"])
+    (job_path,) = argv
+    with open(job_path) as f:
+        job = json.load(f)
+    config = SweepConfig.from_json(job["config"])
     try:
         workloads.import_family_modules(config.family_modules)
-        return sweep.run(config, log=lambda line: print(line, flush=True))
+        return sweep.run_job(config, job["flagfile"], log=lambda line: print(line, flush=True))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

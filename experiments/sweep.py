@@ -3,12 +3,13 @@
 python -m experiments.sweep --flagfile=configs/seed/mlp.flags
 """
 
+import dataclasses
 import os
 import sys
 
 from absl import flags
 
-from batchlab import isolation, plotting, results, summary, sweep
+from batchlab import distributed, isolation, plotting, results, summary, sweep
 from experiments import cli, sweep_flags
 
 DRY_RUN = flags.DEFINE_bool(
@@ -25,10 +26,23 @@ def main(argv):
         if config.explain:
             print(summary.explain(config, "", None))
         return
-    sweep.init_out_dir(config, sweep_flags.resolved_flagfile())
-    rc = isolation.run_supervised(config) if config.isolate else sweep.run(config)
+    sweep.check_out_dir(config)
+    if config.distributed:
+        # Before anything starts a backend. A dead process must fail the job, not be
+        # retried in a child, so the processes measure in-process.
+        distributed.initialize(
+            config.coordinator_address,
+            config.num_processes,
+            config.process_id,
+            config.distributed_timeout_s,
+        )
+        config = dataclasses.replace(config, isolate=False)
+    run = isolation.run_supervised if config.isolate else sweep.run_job
+    rc = run(config, sweep_flags.resolved_flagfile())
     if rc:
         sys.exit(rc)
+    if config.distributed and not distributed.is_writer():
+        return
     records = results.load(os.path.join(config.out_dir, results.RESULTS), warn=print)
     print(summary.table(records, config.predict_for))
     if PLOT.value and any(r["status"] == "ok" for r in records):

@@ -1,8 +1,10 @@
 """Flags of the sweep, shared by every experiment that runs one, and their config."""
 
+import os
+
 from absl import flags
 
-from batchlab import config, timing, workloads
+from batchlab import config, distributed, timing, workloads
 from batchlab.numerics import DTYPES, PRECISIONS
 
 _T = timing.TimingSpec()
@@ -62,6 +64,35 @@ COMPILATION_CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", None, "Enable JAX's persistent compilation cache in this directory."
 )
 
+MESH = flags.DEFINE_string(
+    "mesh", "", "Device mesh, e.g. data:8 or data:2,expert:4; empty: one device."
+)
+DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Join JAX's distributed runtime with what JAX detects (TPU pod, "
+    "SLURM); implied by --coordinator_address or --num_processes.",
+)
+COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for several processes."
+)
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process, 0..num_processes-1.")
+DISTRIBUTED_TIMEOUT_S = flags.DEFINE_integer(
+    "distributed_timeout_s", 60, "A dead process fails the others after this many seconds."
+)
+SHARD_INDEX = flags.DEFINE_integer(
+    "shard_index",
+    int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)),
+    "This worker's share of the grid (default: $SLURM_ARRAY_TASK_ID).",
+)
+NUM_SHARDS = flags.DEFINE_integer(
+    "num_shards",
+    int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1)),
+    "Independent workers the grid is split over (default: $SLURM_ARRAY_TASK_COUNT); "
+    "each writes OUT_DIR/shard-I-of-N; experiments.merge combines them.",
+)
+
 
 def _define_family_flags():
     """One list flag per family parameter, so any parameter can be a sweep axis."""
@@ -82,11 +113,14 @@ FAMILY_FLAGS = _define_family_flags()
 
 def sweep_config() -> config.SweepConfig:
     """The validated config the flags describe; raises ConfigError."""
+    out_dir = OUT_DIR.value
+    if NUM_SHARDS.value > 1:
+        out_dir = os.path.join(out_dir, f"shard-{SHARD_INDEX.value}-of-{NUM_SHARDS.value}")
     return config.build(
         MODEL.value,
         {name: flag.value for name, flag in FAMILY_FLAGS.items() if flag.value},
         BATCH_SIZES.value,
-        out_dir=OUT_DIR.value,
+        out_dir=out_dir,
         numerics=config.Numerics(DTYPE.value, PRECISION.value),
         timing=timing.TimingSpec(
             target_spread=TARGET_SPREAD.value,
@@ -107,6 +141,16 @@ def sweep_config() -> config.SweepConfig:
         profile_dir=PROFILE_DIR.value,
         profile_batches=tuple(PROFILE_BATCHES.value),
         compilation_cache_dir=COMPILATION_CACHE_DIR.value,
+        mesh=distributed.parse_mesh(MESH.value),
+        distributed=DISTRIBUTED.value
+        or COORDINATOR_ADDRESS.value is not None
+        or NUM_PROCESSES.value is not None,
+        coordinator_address=COORDINATOR_ADDRESS.value,
+        num_processes=NUM_PROCESSES.value,
+        process_id=PROCESS_ID.value,
+        distributed_timeout_s=DISTRIBUTED_TIMEOUT_S.value,
+        shard_index=SHARD_INDEX.value,
+        num_shards=NUM_SHARDS.value,
     )
 
 

@@ -40,9 +40,8 @@ def make_config(out_dir, model="mlp", grid=None, batch_sizes=("1", "2", "4"), **
 
 
 def run_in_process(cfg, log=lambda line: None):
-    """init_out_dir + sweep.run, as experiments.sweep does with --noisolate."""
-    sweep.init_out_dir(cfg, "# test\n")
-    return sweep.run(cfg, log=log)
+    """What experiments.sweep does with --noisolate."""
+    return sweep.run_job(cfg, "# test\n", log=log)
 
 
 @pytest.fixture(scope="session")

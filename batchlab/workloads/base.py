@@ -78,6 +78,7 @@ class Family:
     verdicts: Callable[[list[dict]], list[str]] = lambda records: []
     batch_unit: str = "examples"
     plot_axes: tuple[str, ...] = ()  # parameters to plot time against, besides batch
+    mesh_axes: tuple[str, ...] = ("data",)  # mesh axes the family can shard along
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)

@@ -1,0 +1,29 @@
+"""Merges the results of workers that split one sweep (--num_shards) into one directory.
+
+python -m experiments.merge OUT_DIR              # merges OUT_DIR/shard-*-of-*
+python -m experiments.merge OUT_DIR DIR [DIR...] # merges the given directories
+"""
+
+import os
+
+from batchlab import combine, plotting, results, summary
+from batchlab.errors import ConfigError
+from experiments import cli
+
+
+def main(argv):
+    if len(argv) < 2:
+        raise ConfigError("give the output directory: python -m experiments.merge OUT_DIR [DIR...]")
+    out_dir, dirs = argv[1], argv[2:] or combine.shard_dirs(argv[1])
+    records = combine.combine(dirs, out_dir)
+    print(summary.table(records))
+    if any(r["status"] == "ok" for r in records):
+        print(f"plots: {', '.join(plotting.plot_dir(out_dir))}")
+    print(
+        f"merged {len(dirs)} directories: {os.path.join(out_dir, results.RESULTS)} "
+        f"({len(records)} points)"
+    )
+
+
+if __name__ == "__main__":
+    cli.run(main, takes_args=True)

@@ -1,0 +1,201 @@
+"""Several devices, several processes and split sweeps, on fake CPU devices and 127.0.0.1."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, run_cli
+
+from batchlab import config, results
+from batchlab.distributed import parse_mesh, shard_of
+from batchlab.errors import ConfigError
+
+FIXED = ["--peak_flops=1e11", "--bandwidth=1e10", "--noplot"]
+
+
+def env_with_devices(n):
+    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+
+
+def load(out):
+    return results.load(os.path.join(out, results.RESULTS))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sharded_workloads_equal_single_device():
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.sharded_check"],
+        cwd=ROOT,
+        env=env_with_devices(8),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [ln.split()[1] for ln in proc.stdout.splitlines()] == ["mlp", "decode", "prefill"]
+
+
+def test_data_sharded_sweep_records_mesh_and_per_device_share(tmp_path):
+    out = tmp_path / "m"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.sweep",
+            "--flagfile=configs/smoke.flags",
+            f"--out_dir={out}",
+            "--mesh=data:4",
+            "--batch_sizes=4,16",
+            *FIXED,
+        ],
+        cwd=ROOT,
+        env=env_with_devices(4),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for r in load(out):
+        assert r["mesh"] == {"data": 4} and r["per_device_batch"] == r["batch"] // 4
+        assert r["shardings"]["inputs"] == ["P('data', None)"]
+        assert r["cost_per_device"]["flops"] == pytest.approx(r["cost"]["flops"] / 4)
+        assert r["cost_per_device"]["weight_bytes"] == r["cost"]["weight_bytes"]
+        assert r["prediction"]["t_math_s"] == pytest.approx(
+            r["cost_per_device"]["flops"] / r["ceilings"]["peak_flops"]
+        )
+
+
+def test_mesh_parsing():
+    assert parse_mesh("data:2,expert:4") == (("data", 2), ("expert", 4))
+    assert parse_mesh("") == ()
+    for bad in ("data", "data:0", "data:2,data:2", "Data:2"):
+        with pytest.raises(ConfigError, match="--mesh"):
+            parse_mesh(bad)
+
+
+BAD = [
+    (["--mesh=data:2", "--batch_sizes=2"], "--mesh: data:2 needs 2 devices; there are 1"),
+    (["--mesh=expert:1"], "--mesh: axis 'expert' is not used by model mlp"),
+    (["--mesh=data:2", "--batch_sizes=3"], "--batch_sizes: 3 does not split"),
+    (["--num_processes=2", "--process_id=2"], "--process_id=2: must be in 0..1"),
+    (["--num_shards=2", "--shard_index=2"], "--shard_index=2: must be in 0..1"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=str)
+def test_bad_scale_out_input_gets_one_clear_line(args, message, tmp_path):
+    out = tmp_path / "o"
+    proc = run_cli("--flagfile=configs/smoke.flags", f"--out_dir={out}", *args, *FIXED)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert message in proc.stderr and proc.stderr.count("\n") == 1
+    assert not out.exists()
+
+
+def test_two_processes_run_the_sweep_and_only_process_0_writes(tmp_path):
+    out, single = tmp_path / "two", tmp_path / "one"
+    port = free_port()
+    common = [
+        "--flagfile=configs/smoke.flags",
+        f"--out_dir={out}",
+        "--num_processes=2",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--distributed_timeout_s=30",
+        *FIXED,
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "experiments.sweep", *common, f"--process_id={i}"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-1500:] + outs[1][1][-1500:]
+    assert "[1/3]" in outs[0][0] and "[1/" not in outs[1][0]  # only process 0 reports
+    two = load(out)
+    assert len(two) == 3 and all(r["provenance"]["process_count"] == 2 for r in two)
+    assert run_cli("--flagfile=configs/smoke.flags", f"--out_dir={single}", *FIXED).returncode == 0
+    assert sorted(r["id"] for r in two) == sorted(r["id"] for r in load(single))
+
+
+def test_killed_worker_resumes_its_shard_with_no_point_lost_or_repeated(tmp_path):
+    out = tmp_path / "split"
+    args = [
+        sys.executable,
+        "-m",
+        "experiments.sweep",
+        "--flagfile=configs/smoke.flags",
+        f"--out_dir={out}",
+        "--num_shards=2",
+        "--shard_index=0",
+        "--noisolate",
+        "--batch_sizes=1,2,3,4,5,6,7,8",
+        "--time_budget_s=0.5",
+        "--target_spread=1e-6",
+        *FIXED,
+    ]
+    shard = out / "shard-0-of-2"
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not load(shard) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # until the first point is on disk
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = len(load(shard))
+    assert first >= 1
+    assert subprocess.run(args, cwd=ROOT, capture_output=True).returncode == 0
+    cfg = config.build(
+        "mlp",
+        {"depths": ["2"], "widths": ["64"]},
+        [str(b) for b in range(1, 9)],
+        out_dir=str(shard),
+    )
+    mine = sorted(
+        config.point_id("mlp", p, b)
+        for p, b in config.grid_points(cfg)
+        if shard_of(config.point_id("mlp", p, b), 2) == 0
+    )
+    ids = [r["id"] for r in load(shard)]
+    assert sorted(ids) == mine and len(ids) == len(set(ids))
+
+
+def test_merge_combines_shards_and_refuses_different_configs(tmp_path):
+    out = tmp_path / "m"
+    for i in (0, 1):
+        proc = run_cli(
+            "--flagfile=configs/smoke.flags",
+            f"--out_dir={out}",
+            "--num_shards=2",
+            f"--shard_index={i}",
+            "--batch_sizes=1,2,4,8",
+            *FIXED,
+        )
+        assert proc.returncode == 0, proc.stderr
+    merged = run_cli(str(out), module="experiments.merge")
+    assert merged.returncode == 0, merged.stderr
+    assert sorted(r["batch"] for r in load(out)) == [1, 2, 4, 8]
+    other = tmp_path / "other"
+    assert (
+        run_cli(
+            "--flagfile=configs/smoke.flags", f"--out_dir={other}", "--dtype=bfloat16", *FIXED
+        ).returncode
+        == 0
+    )
+    refused = run_cli(
+        str(tmp_path / "x"), str(out / "shard-0-of-2"), str(other), module="experiments.merge"
+    )
+    assert refused.returncode == 2 and "different config" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "x").exists()
