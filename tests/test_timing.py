@@ -46,7 +46,11 @@ def test_stops_when_the_time_budget_runs_out():
 
 
 def test_known_relative_cost():
-    """One call of f2 does exactly twice the dependent matmuls of f1: about twice the time."""
+    """One call of f2 does exactly twice the dependent matmuls of f1: about twice the time.
+
+    Rounds alternate between the two and keep each one's fastest call, so another
+    process on the machine slows both alike instead of skewing the ratio.
+    """
     x = jax.random.normal(jax.random.PRNGKey(0), (384, 384)) / 20
 
     def chain(n):
@@ -57,12 +61,13 @@ def test_known_relative_cost():
 
         return timing.compile_ahead(f, (x,)).compiled
 
-    spec = timing.TimingSpec(target_spread=0.05, time_budget_s=1.0, min_reps=10)
-    t1, t2 = (
-        timing.time_calls(lambda i, f=f: f(x).block_until_ready(), spec).median_s
-        for f in (chain(8), chain(16))
-    )
-    assert 1.5 < t2 / t1 < 2.7
+    spec = timing.TimingSpec(target_spread=0.05, time_budget_s=0.3, min_reps=5)
+    fastest = {8: float("inf"), 16: float("inf")}
+    for _ in range(4):
+        for n, f in ((8, chain(8)), (16, chain(16))):
+            stats = timing.time_calls(lambda i, f=f: f(x).block_until_ready(), spec)
+            fastest[n] = min(fastest[n], stats.min_s)
+    assert 1.3 < fastest[16] / fastest[8] < 3.0  # 1.97 measured on a quiet machine
 
 
 def test_transfer_inside_timed_region_is_an_error():
