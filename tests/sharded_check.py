@@ -10,34 +10,22 @@ from batchlab import distributed
 from batchlab.numerics import Numerics
 from batchlab.workloads import REGISTRY
 
+DECODER = {
+    "depth": 2,
+    "width": 64,
+    "heads": 4,
+    "kv_heads": 2,
+    "ffn": 96,
+    "ffn_kind": "gated",
+    "position_kind": "rope",
+    "embeddings": "tied",
+    "vocab": 101,
+    "max_len": 64,
+}
 CASES = {
     "mlp": {"depth": 2, "width": 64, "input_width": 0},
-    "decode": {
-        "depth": 2,
-        "width": 64,
-        "heads": 4,
-        "kv_heads": 2,
-        "ffn": 96,
-        "ffn_kind": "gated",
-        "position_kind": "rope",
-        "embeddings": "tied",
-        "vocab": 101,
-        "max_len": 64,
-        "context": 12,
-    },
-    "prefill": {
-        "depth": 2,
-        "width": 64,
-        "heads": 4,
-        "kv_heads": 2,
-        "ffn": 96,
-        "ffn_kind": "gated",
-        "position_kind": "rope",
-        "embeddings": "tied",
-        "vocab": 101,
-        "max_len": 64,
-        "prompt_len": 8,
-    },
+    "decode": DECODER | {"context": 12},
+    "prefill": DECODER | {"prompt_len": 8},
 }
 
 

@@ -66,6 +66,19 @@ def write(cache_BxTxGxK, new_BxSxGxK, start_B):
     )
 
 
+def dense(cfg: DecoderConfig, features, name: str, axis=-1) -> nn.DenseGeneral:
+    """A bias-free projection in the model's dtype and precision."""
+    return nn.DenseGeneral(
+        features,
+        axis=axis,
+        use_bias=False,
+        dtype=cfg.dtype,
+        param_dtype=cfg.dtype,
+        precision=cfg.precision,
+        name=name,
+    )
+
+
 class RMSNorm(nn.Module):
     dtype: Any = jnp.float32
 
@@ -84,17 +97,9 @@ class Attention(nn.Module):
     def __call__(self, x_BxSxD, positions_BxS, kv: dict[str, jax.Array]):
         cfg = self.cfg
         h, g, k = cfg.heads, cfg.kv_heads, cfg.head_dim
-        dense = lambda feats, name: nn.DenseGeneral(  # noqa: E731
-            feats,
-            use_bias=False,
-            dtype=cfg.dtype,
-            param_dtype=cfg.dtype,
-            precision=cfg.precision,
-            name=name,
-        )
-        q_BxSxHxK = dense((h, k), "q")(x_BxSxD)
-        k_BxSxGxK = dense((g, k), "k")(x_BxSxD)
-        v_BxSxGxK = dense((g, k), "v")(x_BxSxD)
+        q_BxSxHxK = dense(cfg, (h, k), "q")(x_BxSxD)
+        k_BxSxGxK = dense(cfg, (g, k), "k")(x_BxSxD)
+        v_BxSxGxK = dense(cfg, (g, k), "v")(x_BxSxD)
         if cfg.positions == "rope":
             q_BxSxHxK, k_BxSxGxK = rope(q_BxSxHxK, positions_BxS), rope(k_BxSxGxK, positions_BxS)
         start_B = positions_BxS[:, 0]
@@ -114,15 +119,7 @@ class Attention(nn.Module):
         scores = jnp.where(visible_BxSxT[:, None, None], scores, -1e30)
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
         out_BxSxGxRxK = jnp.einsum("BGRST,BTGK->BSGRK", probs, kv["v"], precision=cfg.precision)
-        out_BxSxD = nn.DenseGeneral(
-            cfg.width,
-            axis=(-2, -1),
-            use_bias=False,
-            dtype=cfg.dtype,
-            param_dtype=cfg.dtype,
-            precision=cfg.precision,
-            name="o",
-        )(out_BxSxGxRxK.reshape(b, s, h, k))
+        out_BxSxD = dense(cfg, cfg.width, "o", axis=(-2, -1))(out_BxSxGxRxK.reshape(b, s, h, k))
         return out_BxSxD, kv
 
 
@@ -132,19 +129,12 @@ class FFN(nn.Module):
     @nn.compact
     def __call__(self, x_BxSxD):
         cfg = self.cfg
-        dense = lambda feats, name: nn.Dense(  # noqa: E731
-            feats,
-            use_bias=False,
-            dtype=cfg.dtype,
-            param_dtype=cfg.dtype,
-            precision=cfg.precision,
-            name=name,
-        )
         if cfg.gated_ffn:
-            h_BxSxF = nn.silu(dense(cfg.ffn, "gate")(x_BxSxD)) * dense(cfg.ffn, "up")(x_BxSxD)
+            gate_BxSxF = nn.silu(dense(cfg, cfg.ffn, "gate")(x_BxSxD))
+            h_BxSxF = gate_BxSxF * dense(cfg, cfg.ffn, "up")(x_BxSxD)
         else:
-            h_BxSxF = nn.gelu(dense(cfg.ffn, "up")(x_BxSxD))
-        return dense(cfg.width, "down")(h_BxSxF)
+            h_BxSxF = nn.gelu(dense(cfg, cfg.ffn, "up")(x_BxSxD))
+        return dense(cfg, cfg.width, "down")(h_BxSxF)
 
 
 class Block(nn.Module):
