@@ -199,3 +199,37 @@ def test_merge_combines_shards_and_refuses_different_configs(tmp_path):
     )
     assert refused.returncode == 2 and "different config" in refused.stderr
     assert "Traceback" not in refused.stderr and not (tmp_path / "x").exists()
+
+
+def test_a_dead_process_fails_the_others_within_the_timeout(tmp_path):
+    port = free_port()
+    common = [
+        "--flagfile=configs/smoke.flags",
+        f"--out_dir={tmp_path / 'o'}",
+        "--num_processes=2",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--distributed_timeout_s=5",
+        "--batch_sizes=1,2,3,4,5,6,7,8,9,10,11,12",
+        "--time_budget_s=1",
+        "--target_spread=1e-6",
+        *FIXED,
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "experiments.sweep", *common, f"--process_id={i}"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
+    deadline = time.time() + 120
+    while not load(tmp_path / "o") and time.time() < deadline:
+        time.sleep(0.1)  # both processes are measuring
+    procs[1].kill()
+    killed_at = time.time()
+    _, err = procs[0].communicate(timeout=90)
+    assert procs[0].returncode != 0
+    assert time.time() - killed_at < 60  # bounded: a 5 s heartbeat, not a hang
+    assert "heartbeat" in err or "distributed service detected fatal errors" in err
