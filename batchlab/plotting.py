@@ -10,26 +10,60 @@ import matplotlib.pyplot as plt  # noqa: E402
 from batchlab import analysis, results, roofline, workloads  # noqa: E402
 
 
-def plot_records(records: list[dict], path: str, x: str = "batch", title: str = "") -> str:
-    """Measured (solid) against the roofline (dashed) on log2 x, one line per series.
+def device_label(record: dict) -> str:
+    """The device that measured a record: jax's device kind, with the host for a CPU
+    (every CPU's device kind is just "cpu")."""
+    prov = record.get("provenance") or {}
+    kind = prov.get("device_kind") or prov.get("backend") or "unknown device"
+    return f"cpu ({prov['host']})" if kind == "cpu" and prov.get("host") else kind
+
+
+def series_by_device(records: list[dict], x: str = "batch") -> dict[str, tuple]:
+    """label -> (series key, points). With records from several devices, each device's
+    series are apart and their labels start with the device."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    devices = list(dict.fromkeys(device_label(r) for r in ok))
+    out = {}
+    for device in devices:
+        mine = [r for r in ok if device_label(r) == device] if len(devices) > 1 else ok
+        for key, points in analysis.series(mine, x).items():
+            prefix = f"{device}: " if len(devices) > 1 else ""
+            out[prefix + analysis.series_label(key)] = (key, points)
+    return out
+
+
+def plot_records(
+    records: list[dict], path: str, x: str = "batch", title: str = "", short_labels: bool = False
+) -> str:
+    """Measured (solid) against the roofline (dashed) on log2 x, one line per series (and
+    per device, when the records come from several).
 
     Against batch, a second panel shows time per example, and vertical marks show the
-    predicted critical batch (dashed) and the fitted knee (dotted).
+    predicted critical batch (dashed) and the fitted knee (dotted). With `short_labels`,
+    the words every label shares leave the legend for a line above the plot.
     """
-    groups = analysis.series(records, x)
+    groups = series_by_device(records, x)
     if not groups:
         raise ValueError("no successful points to plot")
+    shared = ""
+    if short_labels and len(groups) > 1:
+        words = [label.split() for label in groups]
+        common = set.intersection(*map(set, words))
+        shared = " ".join(w for w in words[0] if w in common)
+        groups = {
+            " ".join(w for w in label.split() if w not in common): v for label, v in groups.items()
+        }
     by_batch = x == "batch"
     fig, axes = plt.subplots(
         1,
         2 if by_batch else 1,
-        figsize=(13 if by_batch else 7, 5),
+        figsize=(13 if by_batch else 7, 5 + (0.15 * len(groups) if short_labels else 0)),
         constrained_layout=True,
         squeeze=False,
     )
     axes = axes[0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (key, points) in enumerate(groups.items()):
+    for i, (label, (key, points)) in enumerate(groups.items()):
         color = colors[i % len(colors)]
         xs = [analysis.x_value(r, x) for r in points]
         t = [r["time"]["median_s"] * 1e3 for r in points]
@@ -41,7 +75,7 @@ def plot_records(records: list[dict], path: str, x: str = "batch", title: str = 
                 [v / s for v, s in zip(t, scale)],
                 "o-",
                 color=color,
-                label=analysis.series_label(key),
+                label=label,
             )
             ax.plot(xs, [v / s for v, s in zip(pred, scale)], "--", color=color, alpha=0.6)
         if by_batch:
@@ -61,11 +95,18 @@ def plot_records(records: list[dict], path: str, x: str = "batch", title: str = 
         ax.set_xlabel("batch size" if by_batch else x)
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-    device = next(iter(groups.values()))[0]["provenance"].get("device_kind", "")
+    devices = list(dict.fromkeys(device_label(points[0]) for _, points in groups.values()))
+    first = next(iter(groups.values()))[1][0]
+    device = ", ".join(devices) if len(devices) > 1 else first["provenance"].get("device_kind", "")
     axes[0].set_title(title or f"measured (solid) vs roofline (dashed) on {device}")
     if by_batch:
         axes[1].set_title("--: predicted critical batch   ··: measured knee")
-    axes[0].legend(fontsize=7)
+    if short_labels:  # below the plots: a report's plots may carry many long labels
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", fontsize=7)
+        if shared:
+            fig.suptitle(f"every line: {shared}", fontsize=8)
+    else:
+        axes[0].legend(fontsize=7)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

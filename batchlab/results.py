@@ -104,7 +104,7 @@ def append(path: str, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _check(line: str) -> dict:
+def check_line(line: str) -> dict:
     """One results line as a record, or MalformedResults saying what is wrong."""
     try:
         record = json.loads(line)
@@ -128,7 +128,7 @@ def load(path: str, warn=None) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                records.append(_check(line))
+                records.append(check_line(line))
             except MalformedResults as e:
                 if warn:
                     warn(f"{path}:{n}: skipped: {e}")

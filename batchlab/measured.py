@@ -1,0 +1,204 @@
+"""What the results say about the devices and the sweeps, as Markdown: measured ceilings
+beside the datasheet's, the critical-batch derivation (REFERENCE 2.3), and each sweep's
+knees against the predicted b* with the cache level at the knee (REFERENCE 2.9)."""
+
+import os
+
+import numpy as np
+
+from batchlab import analysis, hardware, plotting, roofline, sources, summary
+from batchlab import markdown as md
+from batchlab import verdicts as vd
+from batchlab.numerics import Numerics
+
+
+def devices(read: sources.Sources, by_device: dict) -> str:
+    """Per device: what it is, its ceilings measured and on the datasheet, the best the
+    sweeps attained, the empty-call floor and compile times."""
+    out = ["## Devices"]
+    for device, records in by_device.items():
+        ok = [r for r in records if r["status"] == "ok"]
+        if not ok:
+            continue
+        prov = ok[0]["provenance"]
+        kind = prov.get("device_kind", "")
+        spec = hardware.lookup(kind)
+        software = ", ".join(
+            f"{k} {prov[k]}" for k in ("jax", "jaxlib", "flax", "batchlab") if prov.get(k)
+        )
+        head = (
+            f"### {device}\n\nbackend {prov.get('backend', '?')}, "
+            f"{prov.get('device_count', '?')} device(s); {software}; git "
+            f"{prov.get('git_commit') or '?'}; {len(records)} points."
+        )
+        rows = []
+        calibration = read.calibration(device)
+        used_sets = dict.fromkeys(
+            (r["dtype"], r["precision"], tuple(sorted(r["ceilings"].items()))) for r in ok
+        )
+        for dtype, precision, used in used_sets:
+            numerics, used = Numerics(dtype, precision), roofline.Ceilings(**dict(used))
+            measured = calibration.get(f"{kind}|{dtype}|{precision}")
+            if used.source == "calibrated":
+                here = md.ceilings_text(used)
+            elif measured:
+                here = (
+                    md.ceilings_text(roofline.Ceilings(**measured))
+                    + f" (sweeps used {used.source})"
+                )
+            else:
+                here = f"not measured (the sweeps used {used.source} ceilings)"
+            sheet = "no datasheet row"
+            if spec:
+                c = hardware.datasheet_ceilings(spec, numerics)
+                sheet = f"{md.ceilings_text(c)}; ridge {c.ridge:.3g} FLOP/B"
+            n = sum(
+                (r["dtype"], r["precision"], roofline.Ceilings(**r["ceilings"]))
+                == (dtype, precision, used)
+                for r in ok
+            )
+            rows.append(
+                [
+                    f"{dtype}, {precision} ({n} points)",
+                    f"{here}; ridge {used.ridge:.3g} FLOP/B",
+                    sheet,
+                ]
+            )
+
+        def attained(r, what):
+            return (r.get("attained") or {}).get(what, 0.0)
+
+        best_f = max(ok, key=lambda r: attained(r, "flops_per_s"))
+        best_b = max(ok, key=lambda r: attained(r, "bytes_per_s"))
+        floors = [r["empty_call_s"] for r in ok if r.get("empty_call_s")]
+        facts = [
+            f"- best attained: {md.rate(attained(best_f, 'flops_per_s'), 'FLOP/s')} "
+            f"(`{best_f['id']}`), {md.rate(attained(best_b, 'bytes_per_s'), 'B/s')} "
+            f"(`{best_b['id']}`)",
+            f"- empty jitted call: {summary.fmt_time(float(np.median(floors)))}" if floors else "",
+            _compile_line(ok),
+        ]
+        over = [r for r in ok if (r.get("attained") or {}).get("fraction_of_peak", 0) > 1]
+        if over:
+            worst = max(r["attained"]["fraction_of_peak"] for r in over)
+            facts.append(
+                f"- {len(over)} point(s) ran faster than the peak they were judged against "
+                f"(up to {100 * worst:.0f}%): the ceilings are too low for them (a "
+                "calibration under load?), so knees and regimes judged with them are suspect"
+            )
+        table = md.table(["numerics", "measured here (used by the roofline)", "datasheet"], rows)
+        out.append(head + "\n\n" + table + "\n\n" + "\n".join(f for f in facts if f))
+    return "\n\n".join(out)
+
+
+def _compile_line(ok: list[dict]) -> str:
+    """Median compile time, apart for points compiled with a persistent compilation cache."""
+    groups: dict = {}
+    for r in ok:
+        c = r.get("compile") or {}
+        if "compile_s" in c:
+            groups.setdefault(c.get("cache_dir"), []).append(c["compile_s"])
+    parts = [
+        f"median {np.median(v):.3g} s over {len(v)} points "
+        + (f"with the compilation cache `{k}`" if k else "without a compilation cache")
+        for k, v in groups.items()
+    ]
+    return "- compile: " + "; ".join(parts) if parts else ""
+
+
+def derivation(by_device: dict) -> str:
+    """REFERENCE 2.3 for each measured device and dtype, then for a T4 in fp16."""
+    blocks = []
+    for device, records in by_device.items():
+        ok = [r for r in records if r["status"] == "ok"]
+        for dtype, precision in dict.fromkeys((r["dtype"], r["precision"]) for r in ok):
+            mine = [r for r in ok if (r["dtype"], r["precision"]) == (dtype, precision)]
+            # The MLP's ceilings, if any: C5 compares its knee with them.
+            r = next((r for r in mine if r["model"] == "mlp"), mine[0])
+            s = Numerics(dtype, precision).itemsize
+            blocks.append(
+                roofline.explain_critical_batch(
+                    f"{device} ({dtype})", roofline.Ceilings(**r["ceilings"]), s, s, 1024
+                )
+            )
+    t4 = hardware.DATASHEET["t4"]
+    fp16 = Numerics("float16")
+    blocks.append(
+        roofline.explain_critical_batch(
+            "NVIDIA T4 (float16, the post's)", hardware.datasheet_ceilings(t4, fp16), 2, 2, 1024
+        )
+    )
+    return (
+        '## C5: the "216 vs 108" derivation\n\nFor each device and dtype measured, then for '
+        "the post's T4 in fp16; activations at the post's width D = 1024.\n\n"
+        "```text\n" + "\n\n".join(blocks) + "\n```"
+    )
+
+
+def sweeps(out_dir: str, read: sources.Sources, warn) -> str:
+    """Per results directory: its plots, and each series' knee against its b*, with the
+    cache level its working set fitted in at the knee (REFERENCE 2.9)."""
+    out = ["## The sweeps"]
+    for source in read.dirs:
+        ok = [r for r in source.records if r["status"] == "ok"]
+        kinds = ", ".join(dict.fromkeys(plotting.device_label(r) for r in ok))
+        head = (
+            f"### `{md.rel(source.path, out_dir)}`\n\n{len(source.records)} points "
+            f"({len(source.records) - len(ok)} failed) on {kinds or '-'}."
+        )
+        plots = sorted(
+            f for f in os.listdir(source.path) if f.startswith("plot") and f.endswith(".png")
+        )
+        images = " ".join(f"![{p}]({md.rel(os.path.join(source.path, p), out_dir)})" for p in plots)
+        groups = plotting.series_by_device(ok)
+        rows = []
+        for model in dict.fromkeys(key[0] for key, _ in groups.values()):
+            mine = {label: kp for label, kp in groups.items() if kp[0][0] == model}
+            name = vd.short_subjects(mine)
+            rows += [[name[label], *_knee_row(*kp, warn)] for label, kp in mine.items()]
+        if len(groups) > 1 and len({key[0] for key, _ in groups.values()}) == 1:
+            head += f" Every series: {vd.common_words(groups)}."
+        table = md.table(
+            [
+                "series",
+                "predicted b* (weights only / with activations)",
+                "measured knee",
+                "knee / b*",
+                "working set at the knee",
+                "regime at the knee",
+            ],
+            rows,
+        )
+        out.append("\n\n".join(x for x in (head, images, table if rows else "") if x))
+    return "\n\n".join(out)
+
+
+def _batch(b: float | None) -> str:
+    """A predicted critical batch; 1 means compute-bound from b=1 on."""
+    return "<= 1" if b == 1.0 else roofline.fmt_batch(b)
+
+
+def _knee_row(key: tuple, points: list[dict], warn) -> list[str]:
+    """Predicted b*, measured knee, their ratio, and where the working set was at the knee."""
+    try:
+        return _knee_cells(key, points)
+    except Exception as e:  # a family whose cost fails here must not end the report
+        warn(f"{analysis.series_label(key)}: no knee row ({type(e).__name__}: {e})")
+        return ["-"] * 5
+
+
+def _knee_cells(key: tuple, points: list[dict]) -> list[str]:
+    ceilings = roofline.Ceilings(**points[-1]["ceilings"])
+    has_weights = points[0]["cost"].get("weight_bytes")
+    b_w = analysis.predicted_critical_batch(key, ceilings, with_activations=False)
+    b_a = analysis.predicted_critical_batch(key, ceilings, with_activations=True)
+    predicted = f"{_batch(b_w)} / {_batch(b_a)}" if has_weights else "n/a"
+    knee = analysis.fit_knee([r["batch"] for r in points], [r["time"]["median_s"] for r in points])
+    if knee is None:
+        return [predicted, "needs 3+ batches", "-", "-", "-"]
+    at = min(points, key=lambda r: abs(np.log(r["batch"] / knee.batch)))
+    ws = at.get("working_set", {})
+    fits = f"{ws.get('fits_in', '?')} ({ws.get('bytes', 0) / 2**20:.3g} MiB at b={at['batch']})"
+    ratio = f"{knee.batch / b_a:.2f}" if has_weights and b_a and not knee.note else "-"
+    note = f" ({knee.note})" if knee.note else ""
+    return [predicted, f"{knee.batch:.1f}{note}", ratio, fits, at["prediction"]["regime"]]
