@@ -3,7 +3,7 @@
 import importlib
 
 from batchlab.errors import ConfigError
-from batchlab.workloads import conv_layer, decoder, mlp, pooling, resnet
+from batchlab.workloads import conv_layer, decoder, mlp, moe, pooling, resnet
 from batchlab.workloads.base import Cost, Family, Param, Point, Workload
 
 REGISTRY: dict[str, Family] = {
@@ -15,6 +15,9 @@ REGISTRY: dict[str, Family] = {
         resnet.FAMILY,
         decoder.DECODE,
         decoder.PREFILL,
+        moe.LAYER,
+        moe.DECODE,
+        moe.PREFILL,
     )
 }
 

@@ -1,0 +1,6 @@
+"""Mixture of experts (REFERENCE 5, 2.7): routers, dispatch, balance metrics, cost, training.
+
+Shapes (besides WORKSPACE.md's letters): B tokens in one routing group (a batch of
+sequences flattened, B·S), k choices per token (top-k), M token copies (B·k for token
+choice, E·C for expert choice).
+"""

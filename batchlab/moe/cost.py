@@ -1,0 +1,88 @@
+"""Analytic cost of an MoE FFN layer (REFERENCE 2.7), pure functions of its shape.
+
+A point holds: width D, ffn F (per expert), ffn_kind, experts E, top_k k, router and
+capacity_factor. Over B tokens:
+  FLOPs    router 2·B·D·E, plus 2·rows·(D·F per matrix, 3 matrices SwiGLU, 2 GELU), where
+           rows is the padded capacity E·C for token and expert choice, and B·k when
+           dropless (the copies, no padding: REFERENCE 2.7's ideal);
+  weights  the router, plus the experts read: the expected number some token picked,
+           E·(1 − (1 − k/E)^B) under uniform routing, for token choice; all E for expert
+           choice (every expert takes C >= 1 tokens);
+  activations  x in and y out, fp32 logits, and per row: the gathered input, each
+           matmul's input and output, the expert output combined back.
+"""
+
+import math
+
+from batchlab.moe import routing
+from batchlab.numerics import Numerics
+from batchlab.workloads.base import Cost
+
+
+def expected_touched(experts: int, k: int, tokens: int) -> float:
+    """Distinct experts picked by B tokens choosing k of E uniformly: E·(1 − (1 − k/E)^B)."""
+    return experts * (1 - (1 - k / experts) ** tokens)
+
+
+def matrices(point) -> list[tuple[int, int]]:
+    """(in, out) of one expert's matrices."""
+    d, f = point["width"], point["ffn"]
+    return [(d, f), (d, f), (f, d)] if point["ffn_kind"] == "gated" else [(d, f), (f, d)]
+
+
+def rows(point, tokens: int) -> int:
+    """Rows the experts compute: padded capacity E·C, or B·k copies when dropless."""
+    e, k = point["experts"], point["top_k"]
+    if point["router"] == "dropless":
+        return tokens * k
+    return e * routing.capacity(tokens, k, e, point["capacity_factor"])
+
+
+def experts_read(point, tokens: int) -> float:
+    e = point["experts"]
+    if point["router"] == "expert_choice":
+        return float(e)
+    return expected_touched(e, point["top_k"], tokens)
+
+
+def layer_cost(point, tokens: int, numerics: Numerics, experts_read_override=None) -> Cost:
+    """One MoE FFN over `tokens` tokens (module docstring)."""
+    s = numerics.itemsize
+    d, e = point["width"], point["experts"]
+    mats = matrices(point)
+    per_expert = sum(m * o for m, o in mats)
+    n_rows = rows(point, tokens)
+    read = experts_read(point, tokens) if experts_read_override is None else experts_read_override
+    return Cost(
+        flops=2 * tokens * d * e + 2 * n_rows * per_expert,
+        weight_bytes=s * (d * e + read * per_expert),
+        activation_bytes=s * (2 * tokens * d + n_rows * (2 * d + sum(m + o for m, o in mats)))
+        + 4 * tokens * e,
+    )
+
+
+def dense_ffn_cost(point, tokens: int, numerics: Numerics) -> Cost:
+    """One dense FFN of one expert's size (what an MoE layer replaces, and its yardstick)."""
+    s = numerics.itemsize
+    mats = matrices(point)
+    return Cost(
+        flops=2 * tokens * sum(m * o for m, o in mats),
+        weight_bytes=s * sum(m * o for m, o in mats),
+        activation_bytes=s * tokens * sum(m + o for m, o in mats),
+    )
+
+
+def critical_batch_estimate(peak_flops: float, bandwidth: float, point, numerics) -> float:
+    """REFERENCE 2.7: compute-bound only near b ≈ (P·s_w/(2·BW))·E/k, here divided by the
+    capacity factor too, since padded slots are computed (1 when dropless)."""
+    cf = 1.0 if point["router"] == "dropless" else point["capacity_factor"]
+    b_dense = peak_flops * numerics.itemsize / (2 * bandwidth)
+    return b_dense * point["experts"] / (point["top_k"] * cf)
+
+
+def tokens_to_touch_all(experts: int, k: int, missing: float = 0.5) -> int:
+    """Smallest B with fewer than `missing` experts expected untouched: where "all experts
+    read" begins in REFERENCE 2.7's shape."""
+    if k >= experts:
+        return 1
+    return max(1, math.ceil(math.log(missing / experts) / math.log(1 - k / experts)))

@@ -1,0 +1,159 @@
+"""Routers as small pure functions (REFERENCE 5); each returns a `Routing`.
+
+A routing is a list of token copies in priority order: copy m sends token `token_M[m]`
+to expert `expert_M[m]` (E when the copy was dropped) with combine weight `gate_M[m]`,
+into slot `slot_M[m]` of that expert's buffer. Dispatch (batchlab.moe.dispatch) reads
+only these arrays, so every router works with every dispatch.
+
+Capacity convention: C = ceil(capacity_factor · k · B / E), at least 1 and at most B
+(MaxText's ceil(n·k/E)·cf, with the factor inside the ceiling). k is included, so a
+factor of 1 gives exactly the B·k slots top-k needs: the work of k dense FFNs. Expert
+choice uses the same C (Zhou et al.'s c is factor·k), so at equal factors both routers
+do the same work. flaxformer's round(cf·B/E), minimum 4, leaves k out.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+ROUTERS = ("token_choice", "dropless", "expert_choice")
+PRIORITIES = ("choice", "confidence")  # confidence: batch-prioritized routing
+
+
+@struct.dataclass
+class Routing:
+    """What a router decided for one group of B tokens."""
+
+    logits_BxE: jax.Array  # fp32, any offset included
+    probs_BxE: jax.Array  # softmax over experts
+    chosen_Bxk: jax.Array  # each token's own top-k, before capacity (for expert choice too)
+    token_M: jax.Array
+    expert_M: jax.Array  # E marks a dropped copy
+    gate_M: jax.Array  # 0 for a dropped copy
+    slot_M: jax.Array  # position in the expert's buffer; `capacity` for a dropped copy
+    capacity: int = struct.field(pytree_node=False)  # C; B when dropless
+
+
+def capacity(tokens: int, k: int, experts: int, factor: float) -> int:
+    """Slots per expert, C = ceil(factor·k·B/E) clipped to [1, B] (module docstring)."""
+    if factor <= 0:
+        raise ValueError(f"capacity factor must be > 0, got {factor}")
+    # The small tolerance keeps 1.1·2·40/8 = 11.000000000000002 at 11.
+    return min(tokens, max(1, math.ceil(factor * k * tokens / experts - 1e-9)))
+
+
+def check_top_k(k: int, experts: int) -> None:
+    if not 1 <= k <= experts:
+        raise ValueError(f"top-k {k} must be between 1 and the number of experts {experts}")
+
+
+def router_logits(x_BxD, w_DxE, offset=None, precision=None):
+    """fp32 logits x·W (+ an offset of shape E or BxE, used to bias a router on purpose)."""
+    logits = jnp.dot(x_BxD, w_DxE, precision=precision, preferred_element_type=jnp.float32)
+    return logits if offset is None else logits + offset
+
+
+def jitter(x, key, eps: float):
+    """Multiplies x by U(1 − eps, 1 + eps) noise, as in training (REFERENCE 5)."""
+    return x * jax.random.uniform(key, x.shape, x.dtype, 1 - eps, 1 + eps)
+
+
+def top_k(probs_BxE, k: int, bias_E=None):
+    """(expert_Bxk, prob_Bxk): each token's k experts by probs + bias. The bias takes part
+    in the selection only, never in the weights (auxiliary-loss-free, DeepSeek-V3)."""
+    scores = probs_BxE if bias_E is None else probs_BxE + bias_E
+    _, expert_Bxk = jax.lax.top_k(scores, k)
+    return expert_Bxk, jnp.take_along_axis(probs_BxE, expert_Bxk, axis=-1)
+
+
+def rank_in_expert(expert_M, experts: int):
+    """Each copy's position among the earlier copies of the same expert (copy order)."""
+    m = expert_M.shape[0]
+    order = jnp.argsort(expert_M, stable=True)
+    sizes = jnp.bincount(expert_M, length=experts + 1)
+    starts = jnp.cumsum(sizes) - sizes
+    return jnp.zeros_like(expert_M).at[order].set(jnp.arange(m) - starts[expert_M[order]])
+
+
+def token_choice(logits_BxE, k: int, capacity: int | None = None, bias_E=None, priority="choice"):
+    """Top-k per token; with a capacity C, copies past C are dropped in priority order.
+
+    Priority: every first choice before any second choice (GShard); within a choice, token
+    order, or with priority "confidence" the tokens with the highest top-1 probability
+    first (batch-prioritized routing, V-MoE). k > 1 renormalizes the k gates to sum to 1
+    (GShard, Mixtral); k = 1 keeps the probability, so the router still gets a gradient.
+    capacity None is dropless.
+    """
+    b, e = logits_BxE.shape
+    check_top_k(k, e)
+    probs = jax.nn.softmax(logits_BxE, axis=-1)
+    chosen, gate = top_k(probs, k, bias_E)
+    if k > 1:
+        gate = gate / gate.sum(-1, keepdims=True)
+    if priority == "confidence":
+        order_B = jnp.argsort(-probs.max(-1), stable=True)
+    elif priority == "choice":
+        order_B = jnp.arange(b)
+    else:
+        raise ValueError(f"priority {priority!r}: allowed are {', '.join(PRIORITIES)}")
+    token_M = jnp.tile(order_B, k)  # choice-major
+    expert_M = chosen[order_B].T.reshape(-1)
+    gate_M = gate[order_B].T.reshape(-1).astype(jnp.float32)
+    slot_M = rank_in_expert(expert_M, e)
+    cap = b if capacity is None else capacity
+    kept = slot_M < cap
+    return Routing(
+        logits_BxE,
+        probs,
+        chosen,
+        token_M,
+        jnp.where(kept, expert_M, e),
+        jnp.where(kept, gate_M, 0.0),
+        jnp.where(kept, slot_M, cap),
+        cap,
+    )
+
+
+def expert_choice(logits_BxE, k: int, capacity: int):
+    """Each expert takes its top-C tokens by probability (Zhou et al. 2022): every expert
+    gets exactly C; a token may get none or several. It sees the whole group, so it is not
+    causal. `chosen_Bxk` holds what token choice would have picked, for the metrics."""
+    b, e = logits_BxE.shape
+    check_top_k(k, e)
+    probs = jax.nn.softmax(logits_BxE, axis=-1)
+    gate_ExC, token_ExC = jax.lax.top_k(probs.T, capacity)
+    chosen, _ = top_k(probs, k)
+    return Routing(
+        logits_BxE,
+        probs,
+        chosen,
+        token_ExC.reshape(-1),
+        jnp.repeat(jnp.arange(e), capacity),
+        gate_ExC.reshape(-1).astype(jnp.float32),
+        jnp.tile(jnp.arange(capacity), e),
+        capacity,
+    )
+
+
+def route(
+    logits_BxE, router: str, k: int, capacity_factor: float, priority="choice", bias_E=None
+) -> Routing:
+    """The router called `router` (one of ROUTERS) on one group of tokens."""
+    b, e = logits_BxE.shape
+    if router == "dropless":
+        return token_choice(logits_BxE, k, None, bias_E, priority)
+    c = capacity(b, k, e, capacity_factor)
+    if router == "token_choice":
+        return token_choice(logits_BxE, k, c, bias_E, priority)
+    if router == "expert_choice":
+        return expert_choice(logits_BxE, k, c)
+    raise ValueError(f"router {router!r}: allowed are {', '.join(ROUTERS)}")
+
+
+def update_bias(bias_E, load_E, rate: float):
+    """Auxiliary-loss-free balancing (DeepSeek-V3, REFERENCE 5): b_e ← b_e − γ·sign(load_e −
+    mean load), outside the optimizer; an overloaded expert gets picked less next step."""
+    load = load_E.astype(jnp.float32)
+    return bias_E - rate * jnp.sign(load - load.mean())

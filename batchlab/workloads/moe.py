@@ -1,0 +1,405 @@
+"""MoE families: one MoE FFN layer ("moe_layer"), and the MoE decoder's decode step
+("moe_decode") and prefill ("moe_prefill"): claim C9 and REFERENCE 2.7.
+
+Cost: batchlab.moe.cost (experts touched, then all experts read, then compute). The
+batch of moe_layer is tokens (one routing group); the decoders' group is batch·S tokens.
+Each record gets `metrics`: the balance metrics of every MoE layer on the point's own
+inputs (batchlab.moe.balance) and the dispatch used, with the time of each candidate
+when it was chosen by measurement (--dispatches=auto).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from batchlab.errors import ConfigError
+from batchlab.models import decoder as dec
+from batchlab.models import moe as mm
+from batchlab.moe import autotune, balance, dispatch, routing, train
+from batchlab.moe import cost as moecost
+from batchlab.numerics import Numerics
+from batchlab.workloads import decoder as dec_wl
+from batchlab.workloads.base import Cost, Family, Param, Point, Workload
+
+MOE_PARAMS = (
+    Param("experts", "experts", int, (8,), "Experts E in each MoE layer.", minimum=1),
+    Param("top_k", "top_ks", int, (2,), "Experts per token k (top-k).", minimum=1),
+    Param(
+        "router",
+        "routers",
+        str,
+        ("token_choice",),
+        "token_choice (top-k with a capacity), dropless (top-k, nothing dropped) or "
+        "expert_choice (each expert takes its top C tokens; not causal, so not for decoding).",
+        choices=routing.ROUTERS,
+    ),
+    Param(
+        "capacity_factor",
+        "capacity_factors",
+        float,
+        (1.0,),
+        "Slots per expert C = ceil(cf·k·B/E) for B tokens in a group (> 0).",
+    ),
+    Param(
+        "priority",
+        "priorities",
+        str,
+        ("choice",),
+        "Who gets a slot first: all first choices in token order (choice), or by router "
+        "confidence (batch-prioritized routing).",
+        choices=routing.PRIORITIES,
+    ),
+    Param(
+        "dispatch",
+        "dispatches",
+        str,
+        ("auto",),
+        "slots (gather/scatter, E×C), sorted (exact grouped matmul), ragged (lax.ragged_dot), "
+        "or auto: the fastest of them, measured at each point.",
+        choices=dispatch.DISPATCHES,
+    ),
+    Param(
+        "router_checkpoint",
+        "router_checkpoints",
+        str,
+        ("",),
+        "A router trained by experiments.train_router (its OUT_DIR/<method>): its router "
+        "weights and selection bias replace the random ones; empty for a random router.",
+    ),
+)
+_DECODER = {p.name: p for p in dec_wl.MODEL_PARAMS}
+LAYER_PARAMS = (_DECODER["width"], _DECODER["ffn"], _DECODER["ffn_kind"]) + MOE_PARAMS
+EVERY = Param(
+    "moe_every",
+    "moe_every",
+    int,
+    (2,),
+    "The FFN of every N-th layer is an MoE (layers N-1, 2N-1, ...); 1: every layer.",
+    minimum=1,
+)
+
+
+def moe_config(point: Point, chosen_dispatch: str | None = None) -> mm.MoEConfig:
+    return mm.MoEConfig(
+        experts=point["experts"],
+        top_k=point["top_k"],
+        router=point["router"],
+        capacity_factor=point["capacity_factor"],
+        priority=point["priority"],
+        dispatch=chosen_dispatch or point["dispatch"],
+    )
+
+
+def validate_moe(point: Point) -> None:
+    """Cross-parameter rules; each error names its flag."""
+    if point["capacity_factor"] <= 0:
+        raise ConfigError(
+            f"--capacity_factors: {point['capacity_factor']} is not allowed; the capacity "
+            "factor must be > 0 (C = ceil(cf·k·B/E) slots per expert)"
+        )
+    if point["top_k"] > point["experts"]:
+        raise ConfigError(
+            f"--top_ks: top-k {point['top_k']} is larger than the number of experts "
+            f"{point['experts']} (--experts)"
+        )
+    if point["router_checkpoint"]:
+        train.check_router_fits(
+            point["router_checkpoint"], point["width"], point["experts"], "--router_checkpoints"
+        )
+
+
+def _choose_dispatch(point, layer_params, x_BxD, numerics) -> tuple[str, dict]:
+    """The point's dispatch, timing each implementation on the layer when it is "auto"."""
+    if point["dispatch"] != "auto":
+        return point["dispatch"], {"chosen": point["dispatch"]}
+    fns = {
+        name: lambda p, b, x, name=name: mm.moe_apply(
+            p, b, x, moe_config(point, name), numerics.lax_precision
+        )[0]
+        for name in dispatch.IMPLS
+    }
+    chosen, times = autotune.fastest(fns, (*layer_params, x_BxD))
+    return chosen, {"chosen": chosen, "candidates_s": times}
+
+
+def _load_router(point, params_list, balance_list):
+    """Puts a trained router into each MoE layer's variables (in place, by dict)."""
+    if not point["router_checkpoint"]:
+        return None
+    tcfg, router, bias = train.load_router(point["router_checkpoint"], "--router_checkpoints")
+    for p, b in zip(params_list, balance_list):
+        p["router"], b["bias"] = router.astype(p["router"].dtype), bias
+    return tcfg
+
+
+def _balance_metrics(routings_fn, *args) -> list[dict]:
+    """Balance metrics of each Routing that `routings_fn(*args)` returns (one compile)."""
+    ms = jax.jit(lambda *a: [balance.metrics(r) for r in routings_fn(*a)])(*args)
+    return [balance.to_host(m) for m in ms]
+
+
+# ---- one MoE layer -------------------------------------------------------------------------
+
+
+def layer_cost(point: Point, batch: int, numerics: Numerics) -> Cost:
+    return moecost.layer_cost(point, batch, numerics)
+
+
+def validate_layer(point: Point) -> None:
+    validate_moe(point)
+
+
+def build_layer(point: Point, batch: int, numerics: Numerics, key) -> Workload:
+    """Random tokens (or the training task's, with a trained router) through one MoE FFN."""
+    cfg = dec.DecoderConfig(
+        width=point["width"],
+        ffn=point["ffn"],
+        gated_ffn=point["ffn_kind"] == "gated",
+        dtype=numerics.jnp_dtype,
+        precision=numerics.lax_precision,
+    )
+    k_init, k_x = jax.random.split(key)
+    variables = jax.jit(mm.MoEFFN(cfg, moe_config(point, "slots")).init)(
+        k_init, jnp.zeros((1, 1, cfg.width), cfg.dtype)
+    )
+    params, bal = dict(variables["params"]), dict(variables["balance"])
+    tcfg = _load_router(point, [params], [bal])
+    if tcfg is None:
+        x_BxD = jax.random.normal(k_x, (batch, cfg.width), cfg.dtype)
+    else:
+        x_BxD = train.sample(train.task(tcfg), k_x, batch)[0].astype(cfg.dtype)
+    weights = {"params": params, "balance": bal}
+    chosen, dispatch_info = _choose_dispatch(point, (params, bal["bias"]), x_BxD, numerics)
+    moe = moe_config(point, chosen)
+
+    def fn(w, x):
+        return mm.moe_apply(w["params"], w["balance"]["bias"], x, moe, cfg.precision)[0]
+
+    ms = _balance_metrics(
+        lambda w, x: [mm.moe_apply(w["params"], w["balance"]["bias"], x, moe)[1]], weights, x_BxD
+    )
+    return Workload(
+        fn=fn,
+        weights=weights,
+        inputs=(x_BxD,),
+        cost=layer_cost(point, batch, numerics),
+        metrics={"tokens": batch, "dispatch": dispatch_info, "balance": ms},
+    )
+
+
+# ---- the MoE decoder -----------------------------------------------------------------------
+
+
+def _scaled_sum(base: Cost, n: int, plus: Cost, minus: Cost) -> Cost:
+    """base + n·(plus − minus), field by field."""
+    fields = ("flops", "weight_bytes", "activation_bytes", "state_bytes")
+    return Cost(*(getattr(base, f) + n * (getattr(plus, f) - getattr(minus, f)) for f in fields))
+
+
+def decoder_cost(point: Point, batch: int, new_tokens: int, cache_len: int, numerics) -> Cost:
+    """The dense decoder's cost (REFERENCE 2.4-2.5) with each MoE layer's dense FFN
+    replaced by an MoE FFN over the batch·S tokens of the call (REFERENCE 2.7)."""
+    base = dec_wl.cost(point, batch, new_tokens, cache_len, 1, numerics)
+    n = batch * new_tokens
+    layers = len(mm.moe_layers(point["depth"], point["moe_every"]))
+    return _scaled_sum(
+        base,
+        layers,
+        moecost.layer_cost(point, n, numerics),
+        moecost.dense_ffn_cost(point, n, numerics),
+    )
+
+
+def model_of(point: Point, numerics: Numerics, chosen_dispatch: str = "slots"):
+    cfg = dec_wl.model_config(point, numerics)
+    moe = moe_config(point, chosen_dispatch)
+    return mm.moe_decoder(cfg, moe, point["moe_every"]), moe
+
+
+def validate_decoder(point: Point) -> None:
+    validate_moe(point)
+    if not mm.moe_layers(point["depth"], point["moe_every"]):
+        raise ConfigError(
+            f"--moe_every: {point['moe_every']} is more than --depths {point['depth']}, so no "
+            "layer would be an MoE"
+        )
+
+
+def _build_decoder(point, numerics, key, tokens_BxS, positions_BxS, cache):
+    """Shared by decode and prefill: weights (a trained router if asked), the dispatch,
+    and the balance metrics of every MoE layer on this call's inputs."""
+    model, _ = model_of(point, numerics)
+    weights = jax.tree.map(lambda a: a, mm.init(model, key))  # fresh, mutable dicts
+    names = [f"block_{i}" for i in mm.moe_layers(point["depth"], point["moe_every"])]
+    params = [weights["params"][n]["ffn"] for n in names]
+    biases = [weights["balance"][n]["ffn"] for n in names]
+    _load_router(point, params, biases)
+    n = tokens_BxS.size
+    x_BxD = jax.random.normal(jax.random.fold_in(key, 7), (n, point["width"]), numerics.jnp_dtype)
+    chosen, dispatch_info = _choose_dispatch(point, (params[0], biases[0]["bias"]), x_BxD, numerics)
+    model, moe = model_of(point, numerics, chosen)
+    ms = _balance_metrics(
+        lambda *a: mm.routings(model, *a), weights, tokens_BxS, positions_BxS, cache
+    )
+    metrics = {"tokens": n, "dispatch": dispatch_info, "balance": ms}
+    return model, moe, weights, metrics
+
+
+def decode_cost(point: Point, batch: int, numerics: Numerics) -> Cost:
+    return decoder_cost(point, batch, 1, point["context"] + 1, numerics)
+
+
+def validate_decode(point: Point) -> None:
+    if point["router"] == "expert_choice":
+        raise ConfigError(
+            f"--routers=expert_choice: {mm.NOT_CAUSAL}; use it with --model=moe_prefill or "
+            "moe_layer, or decode with token_choice or dropless"
+        )
+    dec_wl.validate_decode(point)
+    validate_decoder(point)
+
+
+def build_decode(point: Point, batch: int, numerics: Numerics, key) -> Workload:
+    """As the dense decode step: a random cache, one new token per sequence, donated cache."""
+    cfg = dec_wl.model_config(point, numerics)
+    k_init, k_cache, k_tok = jax.random.split(key, 3)
+    t = point["context"] + 1
+    cache = jax.tree.map(
+        lambda a: jnp.tile(jax.random.normal(k_cache, a.shape, a.dtype), (batch, 1, 1, 1)),
+        dec.init_cache(cfg, 1, t),
+    )
+    tokens_B = jax.random.randint(k_tok, (batch,), 0, cfg.vocab)
+    positions_B = jnp.full((batch,), point["context"], jnp.int32)
+    model, moe, weights, metrics = _build_decoder(
+        point, numerics, k_init, tokens_B[:, None], positions_B[:, None], cache
+    )
+    return Workload(
+        fn=lambda p, c, tok, pos: mm.decode_step(model, moe, p, c, tok, pos),
+        weights=weights,
+        inputs=(cache, tokens_B, positions_B),
+        cost=decode_cost(point, batch, numerics),
+        donate_argnums=(1,),
+        next_inputs=lambda out, inputs: (out[0], *inputs[1:]),
+        metrics=metrics,
+    )
+
+
+def prefill_cost(point: Point, batch: int, numerics: Numerics) -> Cost:
+    s = point["prompt_len"]
+    return decoder_cost(point, batch, s, s, numerics)
+
+
+def validate_prefill(point: Point) -> None:
+    dec_wl.validate_prefill(point)
+    validate_decoder(point)
+
+
+def build_prefill(point: Point, batch: int, numerics: Numerics, key) -> Workload:
+    """A prompt of S tokens per sequence; expert choice allowed: the whole prompt is known."""
+    cfg = dec_wl.model_config(point, numerics)
+    k_init, k_tok = jax.random.split(key)
+    s = point["prompt_len"]
+    tokens_BxS = jax.random.randint(k_tok, (batch, s), 0, cfg.vocab)
+    positions_BxS = jnp.broadcast_to(jnp.arange(s), (batch, s))
+    cache = dec.init_cache(cfg, batch, s)
+    model, _, weights, metrics = _build_decoder(
+        point, numerics, k_init, tokens_BxS, positions_BxS, cache
+    )
+    return Workload(
+        fn=lambda p, tok: dec.prefill(model, p, tok),
+        weights=weights,
+        inputs=(tokens_BxS,),
+        cost=prefill_cost(point, batch, numerics),
+        metrics=metrics,
+    )
+
+
+# ---- what the sweep says -------------------------------------------------------------------
+
+
+def _layer_mean(record: dict, name: str) -> float:
+    return float(np.mean([m[name] for m in record["metrics"]["balance"]]))
+
+
+def verdicts(records: list[dict]) -> list[str]:
+    """C9 (are token-choice gates biased?) and REFERENCE 2.7's shape, per series."""
+    from batchlab import analysis, roofline, workloads  # here: roofline imports workloads
+
+    c9 = [
+        "C9 (token-choice gates tend to be biased): load CV before capacity, against the CV "
+        "of uniform random picks sqrt((1-k/E)/(B·k/E)); expert choice is balanced by "
+        "construction (MaxVio after = 0)."
+    ]
+    shape = ["REFERENCE 2.7 (experts touched, then all E read, then compute near b*·E/k):"]
+    for key, rs in analysis.series(records).items():
+        rs = [r for r in rs if r.get("metrics", {}).get("balance")]
+        if not rs:
+            continue
+        label, p, big = analysis.series_label(key), dict(key[1]), rs[-1]
+        unit = workloads.get(key[0]).batch_unit
+        e, k, n = p["experts"], p["top_k"], big["metrics"]["tokens"]
+        cv, uniform = _layer_mean(big, "cv"), balance.expected_uniform_cv(n, k, e)
+        c9.append(
+            f"  {label}: at {n} tokens CV {cv:.2f} vs {uniform:.2f} uniform "
+            f"({'biased' if cv > 1.5 * uniform else 'not clearly biased'}); MaxVio "
+            f"{100 * _layer_mean(big, 'max_vio'):+.0f}% before capacity, "
+            f"{100 * _layer_mean(big, 'max_vio_after'):+.0f}% after; dropped "
+            f"{100 * _layer_mean(big, 'dropped_fraction'):.1f}%"
+        )
+        t1 = rs[0]["time"]["median_s"]
+        steps = ", ".join(
+            f"b={r['batch']}: {_layer_mean(r, 'experts_touched'):.1f} touched (uniform "
+            f"{moecost.expected_touched(e, k, r['metrics']['tokens']):.1f}), "
+            f"time {r['time']['median_s'] / t1:.2f}x"
+            for r in rs
+        )
+        ceilings = roofline.Ceilings(**big["ceilings"])
+        numeric = analysis.predicted_critical_batch(key, ceilings, with_activations=True)
+        closed = moecost.critical_batch_estimate(
+            ceilings.peak_flops, ceilings.bandwidth, p, Numerics(key[2], key[3])
+        )
+        knee = analysis.fit_knee([r["batch"] for r in rs], [r["time"]["median_s"] for r in rs])
+        chosen = "/".join(sorted({r["metrics"]["dispatch"]["chosen"] for r in rs}))
+        shape.append(
+            f"  {label}: {steps}; all {e} experts read from about "
+            f"{moecost.tokens_to_touch_all(e, k)} tokens; compute-bound near "
+            f"{closed:.0f} tokens (b*·E/(k·cf)), critical batch "
+            f"{'never' if numeric is None else f'{numeric:.1f}'} {unit} from the full cost model"
+            f"{'' if knee is None else f', measured knee {knee.batch:.1f}'}; dispatch {chosen}"
+        )
+    return c9 + shape
+
+
+LAYER = Family(
+    name="moe_layer",
+    description="one MoE FFN layer (router, dispatch, experts, combine) over a group of tokens",
+    params=LAYER_PARAMS,
+    cost=layer_cost,
+    build=build_layer,
+    validate=validate_layer,
+    verdicts=verdicts,
+    batch_unit="tokens",
+)
+
+DECODE = Family(
+    name="moe_decode",
+    description="one decode step of a decoder whose FFN is an MoE every N layers",
+    params=dec_wl.MODEL_PARAMS + MOE_PARAMS + (EVERY, dec_wl.DECODE.param("context")),
+    cost=decode_cost,
+    build=build_decode,
+    validate=validate_decode,
+    verdicts=verdicts,
+    batch_unit="sequences",
+)
+
+PREFILL = Family(
+    name="moe_prefill",
+    description="a prompt through a decoder whose FFN is an MoE every N layers",
+    params=dec_wl.MODEL_PARAMS + MOE_PARAMS + (EVERY, dec_wl.PREFILL.param("prompt_len")),
+    cost=prefill_cost,
+    build=build_prefill,
+    validate=validate_prefill,
+    verdicts=verdicts,
+    batch_unit="sequences",
+    plot_axes=("prompt_len",),
+)

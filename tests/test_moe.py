@@ -1,0 +1,266 @@
+"""The MoE layer and decoder: every dispatch against a dense reference, cached decoding
+against the full pass, the analytic cost by hand and against XLA, the sweep's records."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make_config, run_cli, run_in_process
+
+from batchlab import results, summary, timing
+from batchlab.models import decoder as dec
+from batchlab.models import moe as mm
+from batchlab.moe import cost as moecost
+from batchlab.moe import dispatch, routing
+from batchlab.numerics import Numerics
+from batchlab.workloads import decoder as dec_wl
+from batchlab.workloads import moe as wl
+
+B, D, F, E, K = 37, 16, 24, 5, 2
+X = jax.random.normal(jax.random.PRNGKey(0), (B, D))
+W_ROUTER = jax.random.normal(jax.random.PRNGKey(2), (D, E))
+
+
+def experts(gated=True):
+    return mm.expert_list(mm.init_experts(jax.random.PRNGKey(1), D, F, E, gated, jnp.float32))
+
+
+@jax.jit
+def dense_reference(ws, r):
+    """Every expert on every token, weighted by the token's renormalized top-k gate."""
+    outs = jnp.stack([dispatch.expert_ffn(w, X) for w in ws], 1)  # B E D
+    p = jnp.take_along_axis(r.probs_BxE, r.chosen_Bxk, 1)
+    g = jnp.zeros((B, E)).at[jnp.arange(B)[:, None], r.chosen_Bxk].set(p / p.sum(1, keepdims=True))
+    return jnp.einsum("be,bed->bd", g, outs)
+
+
+def run(name, ws, r, **kw):
+    return jax.jit(lambda x, r: dispatch.run(name, ws, x, r, **kw))(X, r)
+
+
+@pytest.mark.parametrize(
+    "name,gated", [(n, True) for n in dispatch.IMPLS] + [("slots", False)], ids=str
+)
+def test_dropless_equals_dense_reference(name, gated):
+    ws = experts(gated)
+    r = routing.route(routing.router_logits(X, W_ROUTER), "dropless", K, 1.0)
+    with jax.default_matmul_precision("highest"):
+        np.testing.assert_allclose(run(name, ws, r), dense_reference(ws, r), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(dispatch.IMPLS))
+def test_capacity_that_drops_nothing_equals_dropless(name):
+    ws = experts()
+    logits = routing.router_logits(X, W_ROUTER)
+    roomy = routing.route(logits, "token_choice", K, E / K)  # C = B: nothing can drop
+    assert roomy.capacity == B and int((roomy.expert_M == E).sum()) == 0
+    dropless = routing.route(logits, "dropless", K, 1.0)
+    np.testing.assert_allclose(
+        run(name, ws, roomy), run("slots", ws, dropless), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "router,names",
+    [("token_choice", list(dispatch.IMPLS)), ("expert_choice", ["sorted"])],
+)
+def test_every_dispatch_agrees_with_drops_and_a_skewed_load(router, names):
+    """One expert wanted by nearly every token: the sorted dispatch's pieces and padding."""
+    ws = experts()
+    logits = routing.router_logits(X, W_ROUTER, offset=jnp.array([4.0, 0, 0, 0, 0]))
+    r = routing.route(logits, router, K, 1.0)
+    want = run("slots", ws, r, skip_idle=False)
+    for name in names:
+        np.testing.assert_allclose(run(name, ws, r), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_dropped_copy_leaves_only_the_residual():
+    ws = experts()
+    r = routing.route(routing.router_logits(X, W_ROUTER), "token_choice", 1, 0.2)
+    y = np.asarray(run("slots", ws, r))
+    served = {int(t) for t, e in zip(r.token_M, r.expert_M) if e < E}
+    assert 0 < len(served) < B
+    assert np.all(y[[t for t in range(B) if t not in served]] == 0)
+
+
+# ---- the MoE decoder ------------------------------------------------------------------------
+
+CFG = dec.DecoderConfig(vocab=101, width=32, layers=2, heads=4, kv_heads=2, ffn=48, max_len=64)
+
+
+@pytest.fixture(scope="module")
+def decoder_weights():
+    """Weights of a 2-layer decoder whose FFNs are both MoE; shapes do not depend on the
+    router, so every router's decoder shares them (one init: it is slow to compile)."""
+    return mm.init(mm.moe_decoder(CFG, mm.MoEConfig(experts=4, top_k=2), 1), jax.random.PRNGKey(0))
+
+
+def test_moe_decoder_cached_decode_equals_full_forward(decoder_weights):
+    # Dropless: with a capacity, drops depend on the group, and a decode step's group (one
+    # token per sequence) is not the full pass's.
+    moe = mm.MoEConfig(experts=4, top_k=2, router="dropless", dispatch="sorted")
+    model, v = mm.moe_decoder(CFG, moe, every=1), decoder_weights
+    assert "experts" in v["params"]["block_0"]["ffn"] and "experts" in v["params"]["block_1"]["ffn"]
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 10), 0, CFG.vocab)
+    full = jax.jit(lambda v, t: dec.forward(model, v, t))(v, tokens)
+    cache = dec.init_cache(CFG, 3, 10)
+    step = jax.jit(lambda v, c, t, p: mm.decode_step(model, moe, v, c, t, p))
+    for p in range(10):
+        cache, logits = step(v, cache, tokens[:, p], jnp.full((3,), p))
+        np.testing.assert_allclose(logits, full[:, p], rtol=1e-5, atol=1e-5)
+
+
+def test_every_other_layer_is_moe():
+    model = mm.moe_decoder(CFG, mm.MoEConfig(experts=4), every=2)
+    shapes = jax.eval_shape(lambda: mm.init(model, jax.random.PRNGKey(0)))["params"]
+    assert "up" in shapes["block_0"]["ffn"] and "experts" in shapes["block_1"]["ffn"]
+    assert mm.moe_layers(8, 2) == [1, 3, 5, 7] and mm.moe_layers(3, 1) == [0, 1, 2]
+
+
+def test_expert_choice_prefills_but_refuses_to_decode(decoder_weights):
+    moe = mm.MoEConfig(experts=4, top_k=2, router="expert_choice")
+    model, v = mm.moe_decoder(CFG, moe, every=1), decoder_weights
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 6), 0, CFG.vocab)
+    pos = jnp.broadcast_to(jnp.arange(6), (2, 6))
+    rs = jax.jit(lambda v, t: mm.routings(model, v, t, pos, dec.init_cache(CFG, 2, 6)))(v, tokens)
+    assert len(rs) == 2
+    c = routing.capacity(12, 2, 4, 1.0)
+    for r in rs:  # every expert takes exactly C of the group's 12 tokens
+        np.testing.assert_array_equal(np.bincount(np.asarray(r.expert_M), minlength=4), [c] * 4)
+    with pytest.raises(ValueError, match="not causal"):
+        mm.decode_step(model, moe, v, dec.init_cache(CFG, 2, 8), tokens[:, 0], jnp.full((2,), 6))
+
+
+# ---- cost ----------------------------------------------------------------------------------
+
+POINT = {
+    "width": 32,
+    "ffn": 48,
+    "ffn_kind": "gated",
+    "experts": 4,
+    "top_k": 2,
+    "router": "token_choice",
+    "capacity_factor": 1.0,
+    "priority": "choice",
+    "dispatch": "slots",
+    "router_checkpoint": "",
+}
+
+
+def test_layer_cost_by_hand():
+    c = moecost.layer_cost(POINT, 16, Numerics())
+    per_expert = 3 * 32 * 48
+    rows = 4 * 8  # E·C, C = ceil(2·16/4)
+    assert c.flops == 2 * 16 * 32 * 4 + 2 * rows * per_expert
+    touched = 4 * (1 - 0.5**16)
+    assert c.weight_bytes == pytest.approx(4 * (32 * 4 + touched * per_expert))
+    act = 4 * (2 * 16 * 32 + rows * (2 * 32 + 2 * (32 + 48) + (48 + 32))) + 4 * 16 * 4
+    assert c.activation_bytes == act
+    one = moecost.layer_cost(POINT | {"router": "dropless"}, 1, Numerics())
+    assert one.weight_bytes == 4 * (32 * 4 + 2 * per_expert)  # k experts touched at b=1
+    ec = moecost.layer_cost(POINT | {"router": "expert_choice"}, 1, Numerics())
+    assert ec.weight_bytes == 4 * (32 * 4 + 4 * per_expert)  # every expert takes C >= 1
+
+
+def test_expected_touched_and_critical_batch():
+    assert moecost.expected_touched(8, 2, 1) == pytest.approx(2.0)
+    assert moecost.expected_touched(8, 2, 2) == pytest.approx(8 * (1 - 0.75**2))
+    assert moecost.tokens_to_touch_all(8, 2) == 10  # 8·0.75^10 = 0.45 < 0.5
+    # b* = P·s/(2·BW) = 100, times E/k = 4
+    assert moecost.critical_batch_estimate(1e12, 2e10, POINT | {"experts": 8}, Numerics()) == 400
+
+
+@pytest.mark.parametrize("router", ["token_choice", "expert_choice"])
+def test_padded_capacity_flops_match_cost_analysis(router):
+    work = wl.LAYER.build(POINT | {"router": router}, 16, Numerics(), jax.random.PRNGKey(0))
+    xla = timing.compile_ahead(work.fn, (work.weights, *work.inputs)).cost_analysis
+    # XLA counts every expert's lax.cond branch: the E·C padded slots; plus softmax etc.
+    assert work.cost.flops <= xla["flops"] <= 1.1 * work.cost.flops
+
+
+def test_dropless_slots_compute_every_expert_on_every_token():
+    """cost_analysis shows what the padded dropless dispatch really does: E·B rows, not the
+    B·k of the analytic (ideal) cost; and ragged_dot on CPU counts as dense work too."""
+    p = POINT | {"router": "dropless"}
+    work = wl.LAYER.build(p, 16, Numerics(), jax.random.PRNGKey(0))
+    xla = timing.compile_ahead(work.fn, (work.weights, *work.inputs)).cost_analysis
+    padded = 2 * 16 * 32 * 4 + 2 * (4 * 16) * 3 * 32 * 48
+    assert padded <= xla["flops"] <= 1.1 * padded
+    assert work.cost.flops == 2 * 16 * 32 * 4 + 2 * (16 * 2) * 3 * 32 * 48
+
+
+DECODER_POINT = POINT | {
+    "depth": 2,
+    "heads": 4,
+    "kv_heads": 2,
+    "position_kind": "rope",
+    "embeddings": "tied",
+    "vocab": 101,
+    "max_len": 64,
+    "moe_every": 1,
+}
+
+
+def test_decode_flops_match_cost_analysis():
+    point = DECODER_POINT | {"context": 15, "depth": 1}
+    work = wl.DECODE.build(point, 2, Numerics(), jax.random.PRNGKey(0))
+    xla = timing.compile_ahead(work.fn, (work.weights, *work.inputs)).cost_analysis
+    assert work.cost.flops <= xla["flops"] <= 1.2 * work.cost.flops
+    assert len(work.metrics["balance"]) == 1
+
+
+def test_prefill_cost_swaps_each_moe_layers_ffn():
+    """The dense decoder's prefill cost, with 2 of 4 FFNs replaced by MoE over b·S tokens."""
+    point = DECODER_POINT | {"prompt_len": 8, "depth": 4, "moe_every": 2}
+    n, numerics = 3 * 8, Numerics()
+    moe, dense = wl.prefill_cost(point, 3, numerics), dec_wl.prefill_cost(point, 3, numerics)
+    layer, ffn = moecost.layer_cost(point, n, numerics), moecost.dense_ffn_cost(point, n, numerics)
+    assert moe.flops - dense.flops == 2 * (layer.flops - ffn.flops)
+    assert moe.weight_bytes - dense.weight_bytes == pytest.approx(
+        2 * (layer.weight_bytes - ffn.weight_bytes)
+    )
+    assert moe.state_bytes == dense.state_bytes
+
+
+def test_auto_dispatch_is_measured_and_recorded():
+    work = wl.LAYER.build(POINT | {"dispatch": "auto"}, 4, Numerics(), jax.random.PRNGKey(0))
+    info = work.metrics["dispatch"]
+    assert set(info["candidates_s"]) == set(dispatch.IMPLS)
+    assert info["chosen"] == min(info["candidates_s"], key=info["candidates_s"].get)
+
+
+# ---- the sweep ------------------------------------------------------------------------------
+
+
+def test_sweep_records_balance_metrics_and_prints_the_verdicts(tmp_path):
+    grid = {"widths": ["32"], "ffn_widths": ["48"], "experts": ["4"], "dispatches": ["slots"]}
+    grid |= {"routers": ["token_choice", "expert_choice"]}
+    cfg = make_config(tmp_path, model="moe_layer", grid=grid, batch_sizes=("1",))
+    assert run_in_process(cfg) == 0
+    records = results.load(str(tmp_path / results.RESULTS))
+    assert [r["status"] for r in records] == ["ok"] * 2
+    for r in records:
+        (m,) = r["metrics"]["balance"]
+        assert sum(m["load_before"]) == 2 * r["batch"]  # k copies per token
+        assert r["metrics"]["dispatch"]["chosen"] == "slots"
+    ec = [r for r in records if r["params"]["router"] == "expert_choice"]
+    assert all(r["metrics"]["balance"][0]["max_vio_after"] == 0 for r in ec)
+    text = summary.table(records)
+    assert "C9 (token-choice gates" in text and "REFERENCE 2.7" in text
+    assert "b=1: 2.0 touched" in text  # top-2: two experts read for one token
+
+
+BAD = [
+    (["--model=moe_layer", "--experts=4", "--top_ks=5"], "--top_ks"),
+    (["--model=moe_layer", "--capacity_factors=0"], "--capacity_factors"),
+    (["--model=moe_decode", "--routers=expert_choice"], "--routers"),
+]
+
+
+@pytest.mark.parametrize("args,flag", BAD, ids=str)
+def test_bad_moe_input_gets_one_clear_line(args, flag, tmp_path):
+    proc = run_cli(*args, f"--out_dir={tmp_path / 'o'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and flag in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert not (tmp_path / "o").exists()
