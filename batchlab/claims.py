@@ -9,7 +9,7 @@ from batchlab import hardware, roofline, workloads
 from batchlab import verdicts as vd
 from batchlab.numerics import Numerics
 from batchlab.verdicts import Verdict
-from batchlab.workloads import conv_layer, decoder, mlp, pooling, resnet
+from batchlab.workloads import conv_layer, decoder, mlp, moe, pooling, resnet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +112,7 @@ CLAIMS: dict[str, Claim] = {
             "biased; expert choice avoids it but decoders are 'forced' into token choice",
             "routing-balance experiments",
             MOE_MODELS,
-            None,  # the MoE families' structured verdict plugs in here
+            moe.c9,
             ("moe_layer", "moe_decode", "moe_prefill"),
         ),
     )

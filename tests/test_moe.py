@@ -264,3 +264,33 @@ def test_bad_moe_input_gets_one_clear_line(args, flag, tmp_path):
     assert proc.stderr.startswith("error: ") and flag in proc.stderr
     assert proc.stderr.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def _c9_record(router, cv, max_vio_after=0.3, tokens=256):
+    return {
+        "status": "ok",
+        "model": "moe_layer",
+        "batch": tokens,
+        "dtype": "float32",
+        "precision": "default",
+        "params": {"experts": 8, "top_k": 2, "router": router},
+        "metrics": {"tokens": tokens, "balance": [{"cv": cv, "max_vio_after": max_vio_after}]},
+    }
+
+
+def test_c9_verdict_from_balance_metrics():
+    from batchlab.moe import balance as bal
+    from batchlab.workloads import moe as moe_wl
+
+    uniform = bal.expected_uniform_cv(256, 2, 8)
+    biased, even, ec = (
+        moe_wl.c9([r])[0]
+        for r in (
+            _c9_record("token_choice", 3 * uniform),
+            _c9_record("token_choice", uniform),
+            _c9_record("expert_choice", 0.0, max_vio_after=0.0),
+        )
+    )
+    assert biased.status == "holds" and biased.numbers["uniform_cv"] == pytest.approx(uniform)
+    assert even.status == "does not hold here"
+    assert ec.status == "holds" and "balanced by construction" in ec.summary

@@ -145,7 +145,7 @@ def test_combine_counts_series():
 
 def test_a_plugged_in_claim_and_one_with_no_function(monkeypatch):
     mlp = records("mlp", knee_at(16), (1, 4, 16, 64), POST_MLP)
-    unjudged = dataclasses.replace(claims.CLAIMS["C9"], models=("mlp",))
+    unjudged = dataclasses.replace(claims.CLAIMS["C9"], models=("mlp",), judge=None)
     verdict, parts = claims.judge(unjudged, mlp)
     assert verdict.status == vd.NOT_JUDGED
     assert any(line.startswith("C3 mlp") for line in parts[0].lines)  # the family's lines

@@ -12,12 +12,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from batchlab import analysis, roofline
+from batchlab import verdicts as vd
 from batchlab.errors import ConfigError
 from batchlab.models import decoder as dec
 from batchlab.models import moe as mm
 from batchlab.moe import autotune, balance, dispatch, routing, train
 from batchlab.moe import cost as moecost
 from batchlab.numerics import Numerics
+from batchlab.verdicts import Verdict
 from batchlab.workloads import decoder as dec_wl
 from batchlab.workloads.base import Cost, Family, Param, Point, Workload
 
@@ -321,9 +324,47 @@ def _layer_mean(record: dict, name: str) -> float:
     return float(np.mean([m[name] for m in record["metrics"]["balance"]]))
 
 
+BIASED = 1.5  # C9: a load CV this many times that of uniform random picks counts as biased
+
+
+def c9(records: list[dict]) -> list[Verdict]:
+    """C9 per series, from the largest group of tokens: token-choice loads are biased when
+    their CV exceeds BIASED x the CV of uniform random picks; expert choice must come out
+    balanced (MaxVio after routing 0), which is what it trades causality for."""
+    out = []
+    for key, rs in analysis.series(records).items():
+        rs = [r for r in rs if r.get("metrics", {}).get("balance")]
+        if not rs:
+            continue
+        p, big = dict(key[1]), rs[-1]
+        e, k, n = p["experts"], p["top_k"], big["metrics"]["tokens"]
+        cv, uniform = _layer_mean(big, "cv"), balance.expected_uniform_cv(n, k, e)
+        numbers = {
+            "tokens": n,
+            "cv": cv,
+            "uniform_cv": uniform,
+            "max_vio_after": _layer_mean(big, "max_vio_after"),
+        }
+        label = analysis.series_label(key)
+        if p["router"] == "expert_choice":
+            holds = numbers["max_vio_after"] <= 1e-6
+            summary = (
+                f"expert choice: MaxVio after routing {100 * numbers['max_vio_after']:+.0f}%"
+                f" at {n} tokens (balanced by construction)"
+            )
+        else:
+            holds = cv > BIASED * uniform
+            summary = (
+                f"{p['router']}: load CV {cv:.2f} at {n} tokens against {uniform:.2f} "
+                f"for uniform random picks ({'biased' if holds else 'not clearly biased'})"
+            )
+        out.append(vd.judged("C9", holds, summary, subject=label, numbers=numbers))
+    return out
+
+
 def verdicts(records: list[dict]) -> list[str]:
     """C9 (are token-choice gates biased?) and REFERENCE 2.7's shape, per series."""
-    from batchlab import analysis, roofline, workloads  # here: roofline imports workloads
+    from batchlab import workloads  # here: the registry imports this module
 
     c9 = [
         "C9 (token-choice gates tend to be biased): load CV before capacity, against the CV "
