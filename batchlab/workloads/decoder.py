@@ -152,22 +152,27 @@ def validate_decode(point: Point) -> None:
         )
 
 
+def decode_inputs(cfg: dec.DecoderConfig, context: int, batch: int, key):
+    """(cache of context + 1 random entries, one token per sequence, its position)."""
+    k_cache, k_tok = jax.random.split(key)
+    # One random sequence per layer, repeated over the batch: drawing gigabytes of normals
+    # on a CPU takes longer than the sweep; the bytes read are the same.
+    cache = jax.tree.map(
+        lambda a: jnp.tile(jax.random.normal(k_cache, a.shape, a.dtype), (batch, 1, 1, 1)),
+        dec.init_cache(cfg, 1, context + 1),
+    )
+    tokens_B = jax.random.randint(k_tok, (batch,), 0, cfg.vocab)
+    return cache, tokens_B, jnp.full((batch,), context, jnp.int32)
+
+
 def build_decode(point: Point, batch: int, numerics: Numerics, key) -> Workload:
     """A cache of random keys and values at positions 0..context-1; the step writes at
     position `context` and returns the donated cache, which the next call takes."""
     cfg = model_config(point, numerics)
     model = dec.Decoder(cfg)
-    k_init, k_cache, k_tok = jax.random.split(key, 3)
+    k_init, k_inputs = jax.random.split(key)
     params = _init(model, k_init)
-    t = point["context"] + 1
-    # One random sequence per layer, repeated over the batch: drawing gigabytes of normals
-    # on a CPU takes longer than the sweep; the bytes read are the same.
-    cache = jax.tree.map(
-        lambda a: jnp.tile(jax.random.normal(k_cache, a.shape, a.dtype), (batch, 1, 1, 1)),
-        dec.init_cache(cfg, 1, t),
-    )
-    tokens_B = jax.random.randint(k_tok, (batch,), 0, cfg.vocab)
-    positions_B = jnp.full((batch,), point["context"], jnp.int32)
+    cache, tokens_B, positions_B = decode_inputs(cfg, point["context"], batch, k_inputs)
     return Workload(
         fn=lambda p, c, tok, pos: dec.decode_step(model, p, c, tok, pos),
         weights=params,

@@ -265,14 +265,8 @@ def validate_decode(point: Point) -> None:
 def build_decode(point: Point, batch: int, numerics: Numerics, key) -> Workload:
     """As the dense decode step: a random cache, one new token per sequence, donated cache."""
     cfg = dec_wl.model_config(point, numerics)
-    k_init, k_cache, k_tok = jax.random.split(key, 3)
-    t = point["context"] + 1
-    cache = jax.tree.map(
-        lambda a: jnp.tile(jax.random.normal(k_cache, a.shape, a.dtype), (batch, 1, 1, 1)),
-        dec.init_cache(cfg, 1, t),
-    )
-    tokens_B = jax.random.randint(k_tok, (batch,), 0, cfg.vocab)
-    positions_B = jnp.full((batch,), point["context"], jnp.int32)
+    k_init, k_inputs = jax.random.split(key)
+    cache, tokens_B, positions_B = dec_wl.decode_inputs(cfg, point["context"], batch, k_inputs)
     model, moe, weights, metrics = _build_decoder(
         point, numerics, k_init, tokens_B[:, None], positions_B[:, None], cache
     )
