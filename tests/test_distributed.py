@@ -31,6 +31,27 @@ def free_port():
         return s.getsockname()[1]
 
 
+def start_two_processes(args):
+    """The smoke sweep as processes 0 and 1 of one job on 127.0.0.1."""
+    common = [
+        "--flagfile=configs/smoke.flags",
+        "--num_processes=2",
+        f"--coordinator_address=127.0.0.1:{free_port()}",
+        *FIXED,
+        *args,
+    ]
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "experiments.sweep", *common, f"--process_id={i}"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
+
+
 def test_sharded_workloads_equal_single_device():
     proc = subprocess.run(
         [sys.executable, "-m", "tests.sharded_check"],
@@ -102,25 +123,8 @@ def test_bad_scale_out_input_gets_one_clear_line(args, message, tmp_path):
 
 def test_two_processes_run_the_sweep_and_only_process_0_writes(tmp_path):
     out, single = tmp_path / "two", tmp_path / "one"
-    port = free_port()
-    common = [
-        "--flagfile=configs/smoke.flags",
-        f"--out_dir={out}",
-        "--num_processes=2",
-        f"--coordinator_address=127.0.0.1:{port}",
-        "--distributed_timeout_s=30",
-        *FIXED,
-    ]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "experiments.sweep", *common, f"--process_id={i}"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in (0, 1)
-    ]
+    common = [f"--out_dir={out}", "--distributed_timeout_s=30"]
+    procs = start_two_processes(common)
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-1500:] + outs[1][1][-1500:]
     assert "[1/3]" in outs[0][0] and "[1/" not in outs[1][0]  # only process 0 reports
@@ -202,28 +206,14 @@ def test_merge_combines_shards_and_refuses_different_configs(tmp_path):
 
 
 def test_a_dead_process_fails_the_others_within_the_timeout(tmp_path):
-    port = free_port()
     common = [
-        "--flagfile=configs/smoke.flags",
         f"--out_dir={tmp_path / 'o'}",
-        "--num_processes=2",
-        f"--coordinator_address=127.0.0.1:{port}",
         "--distributed_timeout_s=5",
         "--batch_sizes=1,2,3,4,5,6,7,8,9,10,11,12",
         "--time_budget_s=1",
         "--target_spread=1e-6",
-        *FIXED,
     ]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "experiments.sweep", *common, f"--process_id={i}"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in (0, 1)
-    ]
+    procs = start_two_processes(common)
     deadline = time.time() + 120
     while not load(tmp_path / "o") and time.time() < deadline:
         time.sleep(0.1)  # both processes are measuring
