@@ -13,6 +13,9 @@ class Cost:
     weight_bytes: float
     activation_bytes: float
     state_bytes: float = 0.0  # e.g. a KV cache read and written
+    # Bytes one device sends to others (an all_to_all, say): over the interconnect, not
+    # counted in total_bytes; 0 on one device.
+    collective_bytes: float = 0.0
 
     @property
     def total_bytes(self) -> float:

@@ -26,9 +26,10 @@ class DeviceSpec:
     memory_bytes: float
     cache_bytes: float | None  # last-level cache (GPU L2), for REFERENCE 2.9
     kind: str = "gpu"  # "gpu" or "tpu": tpu fp32 runs as bf16 passes
+    link: float | None = None  # interconnect B/s per device, one direction (see LINKS)
 
 
-def _gpu(key, name, match, fp32, tf32, bf16, fp16, bw, mem_gb, l2_mb):
+def _gpu(key, name, match, fp32, tf32, bf16, fp16, bw, mem_gb, l2_mb, link_gb):
     return DeviceSpec(
         key,
         name,
@@ -40,10 +41,11 @@ def _gpu(key, name, match, fp32, tf32, bf16, fp16, bw, mem_gb, l2_mb):
         bw * GIGA,
         mem_gb * GIGA,
         l2_mb and l2_mb * MIB,
+        link=link_gb * GIGA,
     )
 
 
-def _tpu(key, name, match, bf16, bw, mem_gb):
+def _tpu(key, name, match, bf16, bw, mem_gb, link_gb):
     return DeviceSpec(
         key,
         name,
@@ -56,30 +58,52 @@ def _tpu(key, name, match, bf16, bw, mem_gb):
         mem_gb * GIGA,
         None,
         kind="tpu",
+        link=link_gb * GIGA,
     )
 
 
 # Dense peaks; NVIDIA's "with sparsity" figures are halved (REFERENCE 3).
+# LINKS (last column, GB/s one direction; vendor pages, not in REFERENCE): half the
+# bidirectional NVLink figure (A100 600, H100/H200 900, B200 1800 GB/s), PCIe x16 for
+# the PCIe cards (gen3 T4, gen4 L4/A10, gen5 H100 PCIe), half the per-chip ICI figure for
+# TPUs (v4 2400, v5e 1600, v5p 4800, v6e 3584 Gbps). Only the collective roof of a
+# sharded point uses them; a measured all_to_all is the better number.
 DATASHEET: dict[str, DeviceSpec] = {
     d.key: d
     for d in (
-        _gpu("t4", "NVIDIA T4", (r"\bt4\b",), 8.1, None, None, 65, 320, 16, 4),
-        _gpu("l4", "NVIDIA L4", (r"\bl4\b",), 30.3, 60, 121, 121, 300, 24, 48),
-        _gpu("a10", "NVIDIA A10", (r"\ba10\b",), 31.2, 62.5, 125, 125, 600, 24, 6),
+        _gpu("t4", "NVIDIA T4", (r"\bt4\b",), 8.1, None, None, 65, 320, 16, 4, 16),
+        _gpu("l4", "NVIDIA L4", (r"\bl4\b",), 30.3, 60, 121, 121, 300, 24, 48, 32),
+        _gpu("a10", "NVIDIA A10", (r"\ba10\b",), 31.2, 62.5, 125, 125, 600, 24, 6, 32),
         _gpu(
-            "a100_40gb", "NVIDIA A100 40GB", (r"\ba100\b.*40gb",), 19.5, 156, 312, 312, 1555, 40, 40
+            "a100_40gb",
+            "NVIDIA A100 40GB",
+            (r"\ba100\b.*40gb",),
+            *(19.5, 156, 312, 312, 1555, 40, 40, 300),
         ),
-        _gpu("a100_80gb", "NVIDIA A100 80GB", (r"\ba100\b",), 19.5, 156, 312, 312, 2039, 80, 40),
         _gpu(
-            "h100_pcie", "NVIDIA H100 PCIe", (r"\bh100\b.*pcie",), 51, 378, 756, 756, 2000, 80, 50
+            "a100_80gb",
+            "NVIDIA A100 80GB",
+            (r"\ba100\b",),
+            *(19.5, 156, 312, 312, 2039, 80, 40, 300),
         ),
-        _gpu("h100_sxm", "NVIDIA H100 SXM", (r"\bh100\b",), 67, 494.7, 989.4, 989.4, 3350, 80, 50),
-        _gpu("h200", "NVIDIA H200", (r"\bh200\b",), 67, 494.7, 989.4, 989.4, 4800, 141, 60),
-        _gpu("b200", "NVIDIA B200", (r"\bb200\b",), 80, 1100, 2250, 2250, 8000, 192, 126),
-        _tpu("tpu_v4", "TPU v4", (r"tpu v4",), 275, 1200, 32 * 1.073741824),
-        _tpu("tpu_v5e", "TPU v5e", (r"tpu v5 ?(lite|e)",), 197, 819, 16),
-        _tpu("tpu_v5p", "TPU v5p", (r"tpu v5p?$",), 459, 2765, 95),
-        _tpu("tpu_v6e", "TPU v6e", (r"tpu v6 ?(lite|e)",), 918, 1640, 32),
+        _gpu(
+            "h100_pcie",
+            "NVIDIA H100 PCIe",
+            (r"\bh100\b.*pcie",),
+            *(51, 378, 756, 756, 2000, 80, 50, 64),
+        ),
+        _gpu(
+            "h100_sxm",
+            "NVIDIA H100 SXM",
+            (r"\bh100\b",),
+            *(67, 494.7, 989.4, 989.4, 3350, 80, 50, 450),
+        ),
+        _gpu("h200", "NVIDIA H200", (r"\bh200\b",), 67, 494.7, 989.4, 989.4, 4800, 141, 60, 450),
+        _gpu("b200", "NVIDIA B200", (r"\bb200\b",), 80, 1100, 2250, 2250, 8000, 192, 126, 900),
+        _tpu("tpu_v4", "TPU v4", (r"tpu v4",), 275, 1200, 32 * 1.073741824, 150),
+        _tpu("tpu_v5e", "TPU v5e", (r"tpu v5 ?(lite|e)",), 197, 819, 16, 100),
+        _tpu("tpu_v5p", "TPU v5p", (r"tpu v5p?$",), 459, 2765, 95, 300),
+        _tpu("tpu_v6e", "TPU v6e", (r"tpu v6 ?(lite|e)",), 918, 1640, 32, 224),
     )
 }
 
@@ -118,7 +142,7 @@ def peak_flops(spec: DeviceSpec, numerics: Numerics) -> tuple[float, str]:
 def datasheet_ceilings(spec: DeviceSpec, numerics: Numerics) -> Ceilings:
     """The roofline ceilings of a datasheet row for these numerics."""
     peak, unit = peak_flops(spec, numerics)
-    return Ceilings(peak, spec.bandwidth, "datasheet", unit, "datasheet")
+    return Ceilings(peak, spec.bandwidth, "datasheet", unit, "datasheet", spec.link)
 
 
 def host_cache_levels() -> dict[str, int]:

@@ -17,6 +17,14 @@ class Ceilings:
     source: str  # "datasheet", "calibrated" or "flags"
     flops_kernel: str = ""  # which unit or kernel set the peak
     bandwidth_kernel: str = ""
+    # Bytes/s one device sends to the others (one direction); None: through memory, at
+    # `bandwidth` (fake CPU devices share the host's memory).
+    interconnect: float | None = None
+
+    @property
+    def link(self) -> float:
+        """Bandwidth of the collective roof."""
+        return self.interconnect or self.bandwidth
 
     @property
     def ridge(self) -> float:
@@ -34,24 +42,33 @@ class Prediction:
     t_math_s: float
     t_mem_s: float
     t_overhead_s: float
-    lower_s: float  # max of the three roofs: perfect overlap
+    lower_s: float  # max of the roofs: perfect overlap
     upper_s: float  # their sum: no overlap
-    regime: str  # which roof is highest: "overhead", "bandwidth" or "compute"
+    regime: str  # which roof is highest: "overhead", "bandwidth", "compute" or "collective"
+    t_collective_s: float = 0.0  # collective bytes over the interconnect (several devices)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 def predict(cost: Cost, ceilings: Ceilings, overhead_s: float = 0.0) -> Prediction:
-    """Lower bound max(T_math, T_mem, T_overhead), upper bound their sum."""
+    """Lower bound max(T_math, T_mem, T_overhead, T_collective), upper bound their sum;
+    T_collective = collective bytes / interconnect, when the call exchanges any."""
     roofs = {
         "overhead": overhead_s,
         "bandwidth": cost.total_bytes / ceilings.bandwidth,
         "compute": cost.flops / ceilings.peak_flops,
+        "collective": cost.collective_bytes / ceilings.link,
     }
     regime = max(roofs, key=roofs.get)
     return Prediction(
-        roofs["compute"], roofs["bandwidth"], overhead_s, roofs[regime], sum(roofs.values()), regime
+        roofs["compute"],
+        roofs["bandwidth"],
+        overhead_s,
+        roofs[regime],
+        sum(roofs.values()),
+        regime,
+        roofs["collective"],
     )
 
 

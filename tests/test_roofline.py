@@ -29,6 +29,17 @@ def test_predict_bounds_and_regime():
     assert roofline.predict(c, roofline.Ceilings(1e9, 1e15, "t")).regime == "compute"
 
 
+def test_collective_roof_uses_the_interconnect_or_else_memory():
+    c = Cost(flops=1e9, weight_bytes=1e8, activation_bytes=0, collective_bytes=4e8)
+    p = roofline.predict(c, roofline.Ceilings(1e12, 1e11, "t", interconnect=1e10))
+    assert p.t_collective_s == pytest.approx(4e-2) and p.regime == "collective"
+    assert p.upper_s == pytest.approx(1e-3 + 1e-3 + 4e-2)
+    through_memory = roofline.predict(c, roofline.Ceilings(1e12, 1e11, "t"))
+    assert through_memory.t_collective_s == pytest.approx(4e-3)  # fake CPU devices
+    assert c.total_bytes == 1e8  # collective bytes are not memory traffic
+    assert hardware.datasheet_ceilings(hardware.DATASHEET["h100_sxm"], Numerics()).link == 450e9
+
+
 def test_critical_batch_the_posts_216_for_fp16_weights():
     # REFERENCE 2.3: b* = 65e12 * 2 / (2 * 300e9) = 216.7; 203 at 320 GB/s.
     b = roofline.critical_batch(dense(4096, 4096, 2, 2), T4_300, with_activations=False)
