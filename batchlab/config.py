@@ -137,12 +137,12 @@ def validate(config: SweepConfig) -> None:
     for key in config.predict_for:
         hardware.by_key(key)
     distributed.check_axes(config.mesh, config.model, family.mesh_axes)
-    n_data = distributed.data_size(config.mesh)
+    n = distributed.size(config.mesh)
     for b in config.batch_sizes:
-        if b % n_data:
+        if b % n:
             raise ConfigError(
-                f"--batch_sizes: {b} does not split over the mesh's data axis "
-                f"of {n_data} devices; use multiples of {n_data}"
+                f"--batch_sizes: {b} does not split over the mesh's {n} devices; "
+                f"use multiples of {n}"
             )
     if not 0 <= config.shard_index < config.num_shards:
         raise ConfigError(
@@ -161,6 +161,13 @@ def validate(config: SweepConfig) -> None:
         )
     for values in _product(config.grid):
         family.validate(values)
+        for axis, n_axis in config.mesh:
+            name = family.axis_params.get(axis)
+            if name and values[name] % n_axis:
+                raise ConfigError(
+                    f"--{family.param(name).flag}: {values[name]} does not split over the "
+                    f"mesh's {axis} axis of {n_axis} devices; use multiples of {n_axis}"
+                )
 
 
 def _product(grid: Mapping[str, tuple]) -> list[dict]:

@@ -7,8 +7,11 @@ replicated (a family may shard them along its own axes, e.g. MoE experts along
 the same grid in the same order, and only process 0 writes.
 """
 
+import dataclasses
 import hashlib
 import re
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -46,16 +49,16 @@ def check_axes(spec: MeshSpec, model: str, axes: tuple[str, ...]) -> None:
             )
 
 
-def data_size(spec: MeshSpec) -> int:
-    return dict(spec).get("data", 1)
+def size(spec: MeshSpec) -> int:
+    """Devices in the mesh; the batch is split over all of them."""
+    return int(np.prod([n for _, n in spec]))
 
 
 def make_mesh(spec: MeshSpec) -> Mesh:
     """The mesh over every device of every process; its size must match them."""
-    size = int(np.prod([n for _, n in spec]))
-    if size != jax.device_count():
+    if size(spec) != jax.device_count():
         raise ConfigError(
-            f"--mesh: {','.join(f'{a}:{n}' for a, n in spec)} needs {size} "
+            f"--mesh: {','.join(f'{a}:{n}' for a, n in spec)} needs {size(spec)} "
             f"devices; there are {jax.device_count()} ({jax.process_count()} "
             f"process(es) x {jax.local_device_count()} local)"
         )
@@ -69,6 +72,37 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(lead, *([None] * (ndim - 1))))
 
 
+@dataclasses.dataclass
+class Placed:
+    """A workload laid out on a mesh: the function to compile, its arrays on the mesh,
+    their shardings (for the record), and metrics that replace the workload's own where
+    the layout changes them."""
+
+    fn: Callable
+    weights: Any
+    inputs: tuple
+    specs: dict
+    metrics: dict = dataclasses.field(default_factory=dict)
+
+
+def place_workload(work, batch: int, mesh: Mesh) -> Placed:
+    """The workload's own layout (`Workload.place`) or the default one: weights
+    replicated, batch-leading inputs split along "data"."""
+    placed = work.place(mesh) if work.place is not None else None
+    if placed is not None:
+        return placed
+    weights, inputs, specs = place(work.weights, work.inputs, batch, mesh)
+    return Placed(work.fn, weights, inputs, specs)
+
+
+def cost_on_mesh(family, point, batch: int, numerics, spec: MeshSpec) -> Cost:
+    """One device's cost: the family's own (`Family.mesh_cost`) or the default layout's."""
+    if not spec:
+        return family.cost(point, batch, numerics)
+    own = family.mesh_cost(point, batch, numerics, spec) if family.mesh_cost else None
+    return own or per_device(family.cost(point, batch, numerics), dict(spec).get("data", 1))
+
+
 def place(weights, inputs: tuple, batch: int, mesh: Mesh):
     """Weights replicated, batch-leading inputs sharded; returns (weights, inputs, specs)."""
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -76,9 +110,9 @@ def place(weights, inputs: tuple, batch: int, mesh: Mesh):
     def put_input(x):
         leads_with_batch = getattr(x, "ndim", 0) >= 1 and x.shape[0] == batch
         sharding = batch_sharding(mesh, x.ndim) if leads_with_batch else replicated
-        return _put(x, sharding)
+        return put(x, sharding)
 
-    weights = jax.tree.map(lambda w: _put(w, replicated), weights)
+    weights = jax.tree.map(lambda w: put(w, replicated), weights)
     inputs = jax.tree.map(put_input, inputs)
     specs = {
         "weights": "replicated",
@@ -87,18 +121,22 @@ def place(weights, inputs: tuple, batch: int, mesh: Mesh):
     return weights, inputs, specs
 
 
-def _put(x, sharding: NamedSharding):
-    """A global array from a value every process holds whole (same seed everywhere)."""
+def put(tree, sharding: NamedSharding):
+    """Global arrays from values every process holds whole (same seed everywhere)."""
     if jax.process_count() == 1:
-        return jax.device_put(x, sharding)
-    host = np.asarray(x)
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+        return jax.device_put(tree, sharding)
+
+    def one(x):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree)
 
 
-def per_device(cost: Cost, spec: MeshSpec) -> Cost:
-    """What one device does when the batch is split along "data" and weights are
-    replicated: a 1/n share of FLOPs, activations and per-sequence state, all weights."""
-    n = data_size(spec)
+def per_device(cost: Cost, n: int) -> Cost:
+    """What one device does when the batch is split n ways and weights are replicated:
+    a 1/n share of FLOPs, activations and per-sequence state, all weights, no collective
+    (each device's outputs stay where they are)."""
     return Cost(cost.flops / n, cost.weight_bytes, cost.activation_bytes / n, cost.state_bytes / n)
 
 

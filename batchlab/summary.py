@@ -1,6 +1,6 @@
 """The printed summary of a sweep: the table, critical batches, other devices, the derivation."""
 
-from batchlab import analysis, hardware, roofline, workloads
+from batchlab import analysis, distributed, hardware, roofline, workloads
 from batchlab.numerics import Numerics
 
 
@@ -118,7 +118,7 @@ def grid_text(config) -> str:
         + "".join(f" {d.key:>10}" for d in devices)
     ]
     for point, batch in grid_points(config):
-        c = family.cost(point, batch, config.numerics)
+        c = distributed.cost_on_mesh(family, point, batch, config.numerics, config.mesh)
         lines.append(
             f"{point_id(config.model, point, batch):<50} {c.flops / 1e9:>10.4g} "
             f"{c.weight_bytes / 1e6:>10.4g} {c.activation_bytes / 1e6:>10.4g} "
@@ -128,6 +128,7 @@ def grid_text(config) -> str:
     lines.append(
         f"{len(lines) - 1} points, {config.numerics.dtype}, "
         f"precision {config.numerics.precision}; out_dir {config.out_dir}"
+        + (f"; costs per device of mesh {dict(config.mesh)}" if config.mesh else "")
         + ("; device columns: roofline time from the datasheet" if devices else "")
     )
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 import json
 import os
 import time
+import traceback
 
 import jax
 
@@ -127,25 +128,29 @@ def measure_point(
 ) -> dict:
     """Builds, compiles and times one point; returns the fields of its record.
 
-    With a mesh, inputs are split along "data" and weights replicated; the prediction
-    is then for one device's share (REFERENCE 2 applied per device).
+    With a mesh, the workload is laid out as it says (distributed.place_workload); the
+    prediction is then for one device's share (REFERENCE 2 applied per device), with the
+    collective it sends, if any.
     """
     family = workloads.get(config.model)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), batch)
     with jax.default_device(device):
         work = family.build(point, batch, config.numerics, key)
-    weights, inputs, cost, layout = work.weights, work.inputs, work.cost, {}
+    fn, weights, inputs, cost, layout = work.fn, work.weights, work.inputs, work.cost, {}
+    metrics = work.metrics
     if mesh is not None:
-        weights, inputs, shardings = distributed.place(weights, inputs, batch, mesh)
-        cost = distributed.per_device(work.cost, config.mesh)
+        placed = distributed.place_workload(work, batch, mesh)
+        fn, weights, inputs = placed.fn, placed.weights, placed.inputs
+        cost = distributed.cost_on_mesh(family, point, batch, config.numerics, config.mesh)
+        metrics = metrics | placed.metrics
         layout = {
             "mesh": dict(config.mesh),
-            "per_device_batch": batch // distributed.data_size(config.mesh),
-            "shardings": shardings,
+            "per_device_batch": batch // distributed.size(config.mesh),
+            "shardings": placed.specs,
             "cost_per_device": cost.as_dict(),
         }
     copies = _weight_copies(weights, config.weight_copies)
-    compiled = timing.compile_ahead(work.fn, (weights, *inputs), work.donate_argnums)
+    compiled = timing.compile_ahead(fn, (weights, *inputs), work.donate_argnums)
     run, n = compiled.compiled, len(copies)
 
     def call(i):
@@ -188,7 +193,7 @@ def measure_point(
         },
         "working_set": {"bytes": working_set, "fits_in": hardware.fits_in(working_set, caches)},
         **layout,
-        **({"metrics": work.metrics} if work.metrics else {}),
+        **({"metrics": metrics} if metrics else {}),
     }
 
 
@@ -203,6 +208,9 @@ def enable_compilation_cache(path: str) -> None:
     jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+TRACEBACK_FRAMES = 8  # innermost frames kept in a failed record: where it broke
 
 
 def _failure_reason(e: BaseException) -> tuple[str, str]:
@@ -302,6 +310,7 @@ def run(config: SweepConfig, log=print, mesh=None) -> int:
         except Exception as e:  # any point may fail; the sweep goes on
             kind, reason = _failure_reason(e)
             record = failed_record(config, point, batch, pid, device, kind, reason)
+            record["traceback"] = traceback.format_exc(limit=-TRACEBACK_FRAMES)
         if writer:
             results.append(results_path, record)
             os.remove(inflight)

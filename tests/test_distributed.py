@@ -31,10 +31,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_two_processes(args):
-    """The smoke sweep as processes 0 and 1 of one job on 127.0.0.1."""
+def start_two_processes(args, flagfile="configs/smoke.flags"):
+    """A sweep (the smoke one by default) as processes 0 and 1 of one job on 127.0.0.1."""
     common = [
-        "--flagfile=configs/smoke.flags",
+        f"--flagfile={flagfile}",
         "--num_processes=2",
         f"--coordinator_address=127.0.0.1:{free_port()}",
         *FIXED,
@@ -62,7 +62,20 @@ def test_sharded_workloads_equal_single_device():
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert [ln.split()[1] for ln in proc.stdout.splitlines()] == ["mlp", "decode", "prefill"]
+    checked = [ln.split(" P(")[0] for ln in proc.stdout.splitlines()]
+    assert checked == [
+        "OK mlp",
+        "OK decode",
+        "OK prefill",
+        "OK moe_layer",
+        "OK moe_decode",
+        *(
+            f"OK ep {router} {mesh}"
+            for router in ("token_choice", "dropless", "expert_choice")
+            for mesh in ("expert:8", "data:2,expert:4")
+        ),
+        "OK ep device groups",
+    ]
 
 
 def test_data_sharded_sweep_records_mesh_and_per_device_share(tmp_path):
@@ -95,6 +108,59 @@ def test_data_sharded_sweep_records_mesh_and_per_device_share(tmp_path):
         )
 
 
+MOE_SMOKE = "configs/smoke/moe_layer.flags"
+EP_ARGS = ["--routers=token_choice", "--dispatches=slots", "--batch_sizes=4,64"]
+
+
+def test_expert_parallel_sweep_records_layout_and_collective(tmp_path):
+    out = tmp_path / "ep"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "experiments.sweep", f"--flagfile={MOE_SMOKE}"),
+            *(*EP_ARGS, *FIXED, f"--out_dir={out}", "--mesh=expert:4"),
+        ],
+        cwd=ROOT,
+        env=env_with_devices(4),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (small, big) = sorted(load(out), key=lambda r: r["batch"])
+    assert big["mesh"] == {"expert": 4} and big["per_device_batch"] == 16
+    assert big["shardings"]["experts"] == "P('expert',)"
+    assert big["shardings"]["tokens"] == "P('expert', None)"
+    assert big["metrics"]["dispatch"] == {
+        "chosen": "all_to_all",
+        "routing_group": "batch",
+        "buffer_capacity": 16,
+    }
+    # By hand, 64 tokens on 4 devices, E=8, k=2, cf=1, D=64, fp32: C = 2·64/8 = 16 rows
+    # per expert, min(C, 16 local tokens) = 16 rows sent to each expert, 8·16 rows in all;
+    # all_to_all there and back sends 3/4 of 2·128·64·4 bytes, the logits all_gather
+    # 4·(64 − 16)·8 bytes.
+    collective = 3 / 4 * 2 * 128 * 64 * 4 + 4 * 48 * 8
+    assert big["cost_per_device"]["collective_bytes"] == pytest.approx(collective)
+    # No interconnect in the calibrated ceilings: the collective goes through memory.
+    assert big["prediction"]["t_collective_s"] == pytest.approx(collective / 1e10)
+    # Each device reads its 2 of the 8 experts (3 matrices of 64×128) and the router.
+    assert big["cost_per_device"]["weight_bytes"] == 4 * (64 * 8 + 2 * 3 * 64 * 128)
+    assert small["metrics"]["dispatch"]["buffer_capacity"] == 1  # C = 1 at 4 tokens
+
+
+def test_two_processes_run_an_expert_parallel_sweep(tmp_path):
+    out = tmp_path / "ep2"
+    args = [*EP_ARGS, f"--out_dir={out}", "--mesh=expert:2", "--distributed_timeout_s=30"]
+    procs = start_two_processes(args, flagfile=MOE_SMOKE)
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-1500:] + outs[1][1][-1500:]
+    records = load(out)
+    assert sorted(r["batch"] for r in records) == [4, 64]
+    for r in records:
+        assert r["status"] == "ok" and r["provenance"]["process_count"] == 2
+        assert r["mesh"] == {"expert": 2} and r["cost_per_device"]["collective_bytes"] > 0
+
+
 def test_mesh_parsing():
     assert parse_mesh("data:2,expert:4") == (("data", 2), ("expert", 4))
     assert parse_mesh("") == ()
@@ -109,6 +175,10 @@ BAD = [
     (["--mesh=data:2", "--batch_sizes=3"], "--batch_sizes: 3 does not split"),
     (["--num_processes=2", "--process_id=2"], "--process_id=2: must be in 0..1"),
     (["--num_shards=2", "--shard_index=2"], "--shard_index=2: must be in 0..1"),
+    (
+        ["--model=moe_layer", "--experts=6", "--mesh=expert:4", "--batch_sizes=4"],
+        "--experts: 6 does not split over the mesh's expert axis of 4 devices",
+    ),
 ]
 
 

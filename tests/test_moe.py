@@ -162,6 +162,28 @@ def test_layer_cost_by_hand():
     assert ec.weight_bytes == 4 * (32 * 4 + 4 * per_expert)  # every expert takes C >= 1
 
 
+def test_expert_parallel_cost_by_hand():
+    point = POINT | {"routing_group": "batch"}  # E=4, k=2, D=32, F=48, gated, cf=1
+    per_expert = 3 * 32 * 48
+    # 64 tokens on 8 devices, experts along an axis of 2: C = 2·64/4 = 32, capped at the 8
+    # local tokens; each device computes E·8 = 32 rows and reads its 2 experts.
+    assert moecost.ep_buffer_capacity(point, 64, 8) == 8
+    c = moecost.expert_parallel_cost(point, 64, Numerics(), 8, 2)
+    assert c.flops == 2 * 8 * 32 * 4 + 2 * 32 * per_expert
+    assert c.weight_bytes == 4 * (32 * 4 + 2 * per_expert)
+    gathered = 4 * 56 * 4  # the other devices' fp32 logits
+    assert c.collective_bytes == 2 * 4 * 32 * 32 / 2 + gathered
+    # Device groups: 8 tokens each, C = ceil(2·8/4) = 4, nothing gathered.
+    local = point | {"routing_group": "device"}
+    assert moecost.ep_buffer_capacity(local, 64, 8) == 4
+    assert moecost.expert_parallel_cost(local, 64, Numerics(), 8, 2).collective_bytes == (
+        2 * 4 * 16 * 32 / 2
+    )
+    # Dropless: every local token may reach one expert, whichever the group.
+    assert moecost.ep_buffer_capacity(point | {"router": "dropless"}, 64, 8) == 8
+    assert moecost.ep_buffer_capacity(local | {"router": "dropless"}, 64, 8) == 8
+
+
 def test_expected_touched_and_critical_batch():
     assert moecost.expected_touched(8, 2, 1) == pytest.approx(2.0)
     assert moecost.expected_touched(8, 2, 2) == pytest.approx(8 * (1 - 0.75**2))

@@ -112,6 +112,7 @@ def test_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     by_batch = {r["batch"]: r for r in load(tmp_path)}
     assert by_batch[3]["status"] == "failed" and by_batch[3]["failure"] == "error"
     assert "deliberate failure" in by_batch[3]["error"]
+    assert "fault_family.py" in by_batch[3]["traceback"]  # where it broke
     assert by_batch[1]["status"] == by_batch[4]["status"] == "ok"
     assert "1 point(s) failed" in summary.table(load(tmp_path))
     # Failed points are retried only when asked.

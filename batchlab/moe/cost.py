@@ -14,7 +14,7 @@ capacity_factor. Over B tokens:
 
 import math
 
-from batchlab.moe import routing
+from batchlab.moe import expert_parallel, routing
 from batchlab.numerics import Numerics
 from batchlab.workloads.base import Cost
 
@@ -58,6 +58,39 @@ def layer_cost(point, tokens: int, numerics: Numerics, experts_read_override=Non
         weight_bytes=s * (d * e + read * per_expert),
         activation_bytes=s * (2 * tokens * d + n_rows * (2 * d + sum(m + o for m, o in mats)))
         + 4 * tokens * e,
+    )
+
+
+def ep_buffer_capacity(point, tokens: int, devices: int) -> int:
+    """Rows each device sends each expert under expert parallelism (C_s of
+    batchlab.moe.expert_parallel): capacity of the routing group, capped at B/n."""
+    e, k, b = point["experts"], point["top_k"], tokens // devices
+    group = tokens if point["routing_group"] == "batch" else b
+    cap = group
+    if point["router"] != "dropless":
+        cap = routing.capacity(group, k, e, point["capacity_factor"])
+    return expert_parallel.buffer_capacity(cap, b, point["routing_group"])
+
+
+def expert_parallel_cost(point, tokens: int, numerics: Numerics, devices: int, n_e: int) -> Cost:
+    """One device's share of an expert-parallel layer (batchlab.moe.expert_parallel): its
+    B/n tokens routed, its E/n_e experts all read and run on padded buffers of E·C_s rows
+    in total, and the all_to_all there and back (plus the gathered logits when the whole
+    batch is one routing group) as collective bytes."""
+    s = numerics.itemsize
+    d, e = point["width"], point["experts"]
+    b = tokens // devices
+    n_rows = e * ep_buffer_capacity(point, tokens, devices)
+    mats = matrices(point)
+    per_expert = sum(m * o for m, o in mats)
+    gathered = 4 * (tokens - b) * e if point["routing_group"] == "batch" else 0
+    return Cost(
+        flops=2 * b * d * e + 2 * n_rows * per_expert,
+        weight_bytes=s * (d * e + e // n_e * per_expert),
+        activation_bytes=s * (2 * b * d + n_rows * (2 * d + sum(m + o for m, o in mats)))
+        + 4 * b * e
+        + gathered,
+        collective_bytes=2 * s * n_rows * d * (n_e - 1) / n_e + gathered,
     )
 
 

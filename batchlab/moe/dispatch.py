@@ -54,7 +54,7 @@ def _ffn_if(active, w, x_NxD, precision, skip_idle: bool):
     )
 
 
-def _combine(y_MxD, token_M, gate_M, tokens: int, dtype):
+def combine(y_MxD, token_M, gate_M, tokens: int, dtype):
     """out[token] += gate · y over the copies; a token index of `tokens` is dropped."""
     d = y_MxD.shape[-1]
     weighted = y_MxD.astype(jnp.float32) * gate_M[:, None]
@@ -77,7 +77,7 @@ def slots(experts: list, x_BxD, r: Routing, precision=None, skip_idle: bool = Tr
             for i, w in enumerate(experts)
         ]
     )
-    return _combine(
+    return combine(
         y_ExCxD.reshape(e * c, d), table_ExC.reshape(-1), gate_ExC.reshape(-1), b, x_BxD.dtype
     )
 
@@ -132,7 +132,7 @@ def sorted_chunks(experts: list, x_BxD, r: Routing, precision=None, skip_idle: b
             out = jax.lax.dynamic_update_slice_in_dim(out, piece, pos, 0)
             if size >= MIN_CHUNK:
                 pos, rem = pos + jnp.where(run, size, 0), jnp.where(run, rem - size, rem)
-    return _combine(out[:m], token_sorted, r.gate_M[order_M], b, x_BxD.dtype)
+    return combine(out[:m], token_sorted, r.gate_M[order_M], b, x_BxD.dtype)
 
 
 def ragged(experts: list, x_BxD, r: Routing, precision=None, skip_idle: bool = True):
@@ -152,7 +152,7 @@ def ragged(experts: list, x_BxD, r: Routing, precision=None, skip_idle: bool = T
 
     up = dot(xs_MxD, stacked["up"])
     h = jax.nn.silu(dot(xs_MxD, stacked["gate"])) * up if "gate" in stacked else jax.nn.gelu(up)
-    return _combine(dot(h, stacked["down"]), token_sorted, r.gate_M[order_M], b, x_BxD.dtype)
+    return combine(dot(h, stacked["down"]), token_sorted, r.gate_M[order_M], b, x_BxD.dtype)
 
 
 IMPLS = {"slots": slots, "sorted": sorted_chunks, "ragged": ragged}

@@ -51,7 +51,9 @@ class Workload:
     When `next_inputs` is set, each call's inputs come from the previous call's
     outputs (a decode step that donates and returns its KV cache, say). `metrics` is
     extra per-point data (JSON values, e.g. an MoE layer's balance metrics) that the
-    sweep records under "metrics".
+    sweep records under "metrics". `place(mesh)` lays the workload out on a mesh its
+    own way (a `distributed.Placed`), or returns None for the default: weights
+    replicated, the batch split along "data".
     """
 
     fn: Callable
@@ -61,6 +63,7 @@ class Workload:
     donate_argnums: tuple[int, ...] = ()
     next_inputs: Callable[[Any, tuple], tuple] | None = None
     metrics: dict = dataclasses.field(default_factory=dict)
+    place: Callable[[Any], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +82,12 @@ class Family:
     batch_unit: str = "examples"
     plot_axes: tuple[str, ...] = ()  # parameters to plot time against, besides batch
     mesh_axes: tuple[str, ...] = ("data",)  # mesh axes the family can shard along
+    # Axes that split a parameter, which must then divide by the axis size:
+    # {"expert": "experts"} puts E/n experts on each device.
+    axis_params: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # One device's cost on a mesh (point, batch, numerics, mesh spec) when the family lays
+    # itself out its own way (Workload.place); None: the default layout's share.
+    mesh_cost: Callable[[Point, int, Numerics, tuple], Cost | None] | None = None
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)

@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from batchlab import analysis, roofline
+from batchlab import analysis, distributed, roofline
 from batchlab import verdicts as vd
 from batchlab.errors import ConfigError
 from batchlab.models import decoder as dec
 from batchlab.models import moe as mm
-from batchlab.moe import autotune, balance, dispatch, routing, train
+from batchlab.moe import autotune, balance, dispatch, expert_parallel, routing, train
 from batchlab.moe import cost as moecost
 from batchlab.numerics import Numerics
 from batchlab.verdicts import Verdict
@@ -71,7 +71,19 @@ MOE_PARAMS = (
     ),
 )
 _DECODER = {p.name: p for p in dec_wl.MODEL_PARAMS}
-LAYER_PARAMS = (_DECODER["width"], _DECODER["ffn"], _DECODER["ffn_kind"]) + MOE_PARAMS
+ROUTING_GROUP = Param(
+    "routing_group",
+    "routing_groups",
+    str,
+    ("batch",),
+    "Under --mesh with an expert axis: route the whole batch as one group, exactly as one "
+    "device does (batch), or each device's tokens as their own group, GShard-style "
+    "(device). On one device both are the batch.",
+    choices=expert_parallel.GROUPS,
+)
+LAYER_PARAMS = (
+    (_DECODER["width"], _DECODER["ffn"], _DECODER["ffn_kind"]) + MOE_PARAMS + (ROUTING_GROUP,)
+)
 EVERY = Param(
     "moe_every",
     "moe_every",
@@ -187,6 +199,54 @@ def build_layer(point: Point, batch: int, numerics: Numerics, key) -> Workload:
         inputs=(x_BxD,),
         cost=layer_cost(point, batch, numerics),
         metrics={"tokens": batch, "dispatch": dispatch_info, "balance": ms},
+        place=lambda mesh: _place_layer(point, batch, numerics, mesh, weights, x_BxD),
+    )
+
+
+def _expert_parallel(point, axes) -> bool:
+    """Expert parallelism when the mesh has an "expert" axis or each device is its own
+    routing group (batchlab.moe.expert_parallel); else the default layout (GSPMD)."""
+    return expert_parallel.EXPERT in axes or point["routing_group"] == "device"
+
+
+def layer_mesh_cost(point: Point, batch: int, numerics: Numerics, spec) -> Cost | None:
+    """One device's share under expert parallelism; None for the default layout."""
+    axes = dict(spec)
+    if not _expert_parallel(point, axes):
+        return None
+    n_e = axes.get(expert_parallel.EXPERT, 1)
+    return moecost.expert_parallel_cost(point, batch, numerics, distributed.size(spec), n_e)
+
+
+def _place_layer(point, batch, numerics, mesh, weights, x_BxD):
+    """The expert-parallel layout (see _expert_parallel), or None for the default."""
+    group = point["routing_group"]
+    if not _expert_parallel(point, mesh.axis_names):
+        return None
+    fn = expert_parallel.layer(mesh, moe_config(point), group, numerics.lax_precision)
+    sh = expert_parallel.shardings(mesh)
+    params = weights["params"]
+    placed = {
+        "params": {
+            "router": distributed.put(params["router"], sh["router"]),
+            "experts": distributed.put(
+                expert_parallel.stack_experts(params["experts"]), sh["experts"]
+            ),
+        },
+        "bias": distributed.put(weights["balance"]["bias"], sh["bias"]),
+    }
+    dispatch_info = {
+        "chosen": "all_to_all",
+        "routing_group": group,
+        "buffer_capacity": moecost.ep_buffer_capacity(point, batch, mesh.size),
+        # "balance" stays that of the whole batch as one group, for either group.
+    }
+    return distributed.Placed(
+        fn=lambda w, x: fn(w["params"], w["bias"], x),
+        weights=placed,
+        inputs=(distributed.put(x_BxD, sh["tokens"]),),
+        specs={name: str(s.spec) for name, s in sh.items()} | {"routing_group": group},
+        metrics={"dispatch": dispatch_info},
     )
 
 
@@ -414,6 +474,9 @@ LAYER = Family(
     validate=validate_layer,
     verdicts=verdicts,
     batch_unit="tokens",
+    mesh_axes=("data", expert_parallel.EXPERT),
+    axis_params={expert_parallel.EXPERT: "experts"},
+    mesh_cost=layer_mesh_cost,
 )
 
 DECODE = Family(
