@@ -1,5 +1,6 @@
 """The sweep engine: the grid, resume, failure isolation, one record per point."""
 
+import dataclasses
 import json
 import os
 import time
@@ -69,6 +70,13 @@ def init_out_dir(config: SweepConfig, flagfile_text: str) -> None:
         f.write(flagfile_text)
 
 
+def forget_calibration(config: SweepConfig) -> None:
+    """Drops OUT_DIR's cached ceilings, so the next point's worker measures them again."""
+    path = os.path.join(config.out_dir, results.CALIBRATION)
+    if os.path.exists(path):
+        os.remove(path)
+
+
 def pending(config: SweepConfig, log=print) -> list[tuple[dict, int, str]]:
     """Grid points still to measure: not yet done, or failed when --retry_failed."""
     done = results.latest_by_id(
@@ -107,6 +115,20 @@ def resolve_ceilings(config: SweepConfig, device) -> roofline.Ceilings:
         f"flags over {base.source}",
         "--peak_flops" if config.peak_flops else base.flops_kernel,
         "--bandwidth" if config.bandwidth else base.bandwidth_kernel,
+    )
+
+
+def share_of_host(ceilings: roofline.Ceilings, device, mesh) -> roofline.Ceilings:
+    """One device's ceilings when a mesh runs several CPU devices of one process at once:
+    they share the host's cores and memory, so each gets 1/n of the calibrated ones."""
+    n = sum(d.process_index == jax.process_index() for d in mesh.devices.flat) if mesh else 1
+    if device.platform != "cpu" or n == 1 or ceilings.source != "calibrated":
+        return ceilings
+    return dataclasses.replace(
+        ceilings,
+        peak_flops=ceilings.peak_flops / n,
+        bandwidth=ceilings.bandwidth / n,
+        source=f"calibrated / {n} CPU devices sharing the host",
     )
 
 
@@ -278,7 +300,7 @@ def run(config: SweepConfig, log=print, mesh=None) -> int:
     if not todo:
         log("nothing to measure: every point already has a result")
         return 0
-    ceilings = resolve_ceilings(config, device)
+    ceilings = share_of_host(resolve_ceilings(config, device), device, mesh)
     floor = timing.empty_call_floor(config.timing, device)
     caches = hardware.cache_levels(device.platform, hardware.lookup(device.device_kind))
     log(

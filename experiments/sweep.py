@@ -37,6 +37,8 @@ def main(argv):
             config.distributed_timeout_s,
         )
         config = dataclasses.replace(config, isolate=False)
+    if sweep_flags.RECALIBRATE.value and distributed.is_writer():
+        sweep.forget_calibration(config)  # once per job: restarted workers reuse the new one
     run = isolation.run_supervised if config.isolate else sweep.run_job
     rc = run(config, sweep_flags.resolved_flagfile())
     if rc:

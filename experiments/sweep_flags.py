@@ -39,6 +39,12 @@ CEILINGS = flags.DEFINE_enum(
     list(config.CEILINGS),
     "Peaks from the datasheet row (auto: when the device has one) or measured by calibration.",
 )
+RECALIBRATE = flags.DEFINE_bool(
+    "recalibrate",
+    False,
+    "Measure this machine's ceilings again instead of reusing OUT_DIR/calibration.json "
+    "(e.g. the first run shared the machine with other work).",
+)
 PEAK_FLOPS = flags.DEFINE_float("peak_flops", None, "Override the peak, in FLOP/s.")
 BANDWIDTH = flags.DEFINE_float("bandwidth", None, "Override the memory bandwidth, in B/s.")
 PREDICT_FOR = flags.DEFINE_list(

@@ -57,3 +57,39 @@ def test_flags_override_calibration(tmp_path, peak, bw, source, monkeypatch):
 
     c = sweep.resolve_ceilings(cfg, Cpu())
     assert (c.peak_flops, c.bandwidth, c.source) == (peak, bw or 1e10, source)
+
+
+def test_recalibrate_measures_again_instead_of_reusing_the_cache(tmp_path):
+    from conftest import run_cli
+
+    out = tmp_path / "o"
+    args = ["--flagfile=configs/smoke.flags", f"--out_dir={out}", "--noplot"]
+    assert run_cli(*args, "--batch_sizes=1").returncode == 0
+    cache = out / "calibration.json"
+    entries = json.loads(cache.read_text())
+    stale = {k: v | {"peak_flops": 1.0} for k, v in entries.items()}  # a nonsense peak
+    cache.write_text(json.dumps(stale))
+    proc = run_cli(*args, "--batch_sizes=1,4", "--recalibrate")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["batch"] for r in lines] == [1, 4]
+    assert lines[1]["ceilings"]["peak_flops"] > 1e9  # measured again, not the stale 1.0
+    assert all(v["peak_flops"] > 1e9 for v in json.loads(cache.read_text()).values())
+
+
+def test_cpu_devices_of_one_mesh_share_the_calibrated_host():
+    import numpy as np
+
+    class Cpu:
+        platform, process_index = "cpu", 0
+
+    class Mesh:  # four fake CPU devices of this process
+        devices = np.array([Cpu()] * 4)
+
+    calibrated = Ceilings(8e10, 4e10, "calibrated", "k", "k")
+    shared = sweep.share_of_host(calibrated, Cpu(), Mesh())
+    assert (shared.peak_flops, shared.bandwidth) == (2e10, 1e10)
+    assert shared.source == "calibrated / 4 CPU devices sharing the host"
+    assert sweep.share_of_host(calibrated, Cpu(), None) == calibrated  # no mesh: whole host
+    flags = Ceilings(8e10, 4e10, "flags")
+    assert sweep.share_of_host(flags, Cpu(), Mesh()) == flags  # the user said what they are
