@@ -11,6 +11,7 @@ from batchlab import distributed, timing
 from batchlab.models import moe as mm
 from batchlab.numerics import Numerics
 from batchlab.workloads import REGISTRY
+from batchlab.workloads import moe as wl_moe
 
 DECODER = {
     "depth": 2,
@@ -24,16 +25,13 @@ DECODER = {
     "vocab": 101,
     "max_len": 64,
 }
-MOE = {
-    "experts": 8,
-    "top_k": 2,
-    "router": "token_choice",
-    "capacity_factor": 1.0,
-    "priority": "choice",
+# The family's defaults (E=8, k=2, token choice, capacity 1), at a small width.
+LAYER = {p.name: p.default[0] for p in REGISTRY["moe_layer"].params} | {
+    "width": 32,
+    "ffn": 48,
     "dispatch": "slots",
-    "router_checkpoint": "",
 }
-LAYER = MOE | {"width": 32, "ffn": 48, "ffn_kind": "gated", "routing_group": "batch"}
+MOE = {k: v for k, v in LAYER.items() if k not in ("width", "ffn", "ffn_kind", "routing_group")}
 DATA_8 = (("data", 8),)
 # (name, family, point, batch, mesh)
 CASES = [
@@ -58,7 +56,7 @@ CASES = [
 def per_device_groups(work, point, devices: int):
     """The single-device layer run on each device's tokens as its own group."""
     (x_BxD,) = work.inputs
-    w, moe = work.weights, mm.MoEConfig(**{k: point[k] for k in MOE if k != "router_checkpoint"})
+    w, moe = work.weights, wl_moe.moe_config(point)
     groups = jnp.split(x_BxD, devices)
     return jnp.concatenate(
         [mm.moe_apply(w["params"], w["balance"]["bias"], x, moe)[0] for x in groups]

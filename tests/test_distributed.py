@@ -21,6 +21,18 @@ def env_with_devices(n):
     return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
 
 
+def run_with_devices(n, *args, module="experiments.sweep"):
+    """`python -m MODULE ARGS` with n fake CPU devices; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env_with_devices(n),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def load(out):
     return results.load(os.path.join(out, results.RESULTS))
 
@@ -53,14 +65,7 @@ def start_two_processes(args, flagfile="configs/smoke.flags"):
 
 
 def test_sharded_workloads_equal_single_device():
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.sharded_check"],
-        cwd=ROOT,
-        env=env_with_devices(8),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_with_devices(8, module="tests.sharded_check")
     assert proc.returncode == 0, proc.stderr[-2000:]
     checked = [ln.split(" P(")[0] for ln in proc.stdout.splitlines()]
     assert checked == [
@@ -80,22 +85,13 @@ def test_sharded_workloads_equal_single_device():
 
 def test_data_sharded_sweep_records_mesh_and_per_device_share(tmp_path):
     out = tmp_path / "m"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.sweep",
-            "--flagfile=configs/smoke.flags",
-            f"--out_dir={out}",
-            "--mesh=data:4",
-            "--batch_sizes=4,16",
-            *FIXED,
-        ],
-        cwd=ROOT,
-        env=env_with_devices(4),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_with_devices(
+        4,
+        "--flagfile=configs/smoke.flags",
+        f"--out_dir={out}",
+        "--mesh=data:4",
+        "--batch_sizes=4,16",
+        *FIXED,
     )
     assert proc.returncode == 0, proc.stderr
     for r in load(out):
@@ -114,16 +110,8 @@ EP_ARGS = ["--routers=token_choice", "--dispatches=slots", "--batch_sizes=4,64"]
 
 def test_expert_parallel_sweep_records_layout_and_collective(tmp_path):
     out = tmp_path / "ep"
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "experiments.sweep", f"--flagfile={MOE_SMOKE}"),
-            *(*EP_ARGS, *FIXED, f"--out_dir={out}", "--mesh=expert:4"),
-        ],
-        cwd=ROOT,
-        env=env_with_devices(4),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_with_devices(
+        4, f"--flagfile={MOE_SMOKE}", *EP_ARGS, *FIXED, f"--out_dir={out}", "--mesh=expert:4"
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (small, big) = sorted(load(out), key=lambda r: r["batch"])
