@@ -105,12 +105,14 @@ def main():
 
     # Each device its own routing group: equals the layer run per device, and (capacity
     # drops depend on the group) differs from the whole batch as one group.
+    # On a data-only mesh too: the expert-parallel path with every expert at home.
     point = LAYER | {"routing_group": "device"}
-    spec = (("data", 2), ("expert", 4))
-    got, whole, work, placed = run_case("moe_layer", point, 64, spec)
-    close(got, per_device_groups(work, point, 8))
-    check_flops(placed, point, 64, spec)
-    assert not np.allclose(np.asarray(got), np.asarray(whole), atol=1e-3)
+    for spec in ((("data", 2), ("expert", 4)), DATA_8):
+        got, whole, work, placed = run_case("moe_layer", point, 64, spec)
+        close(got, per_device_groups(work, point, 8))
+        check_flops(placed, point, 64, spec)
+        assert placed.metrics["dispatch"]["routing_group"] == "device"
+        assert not np.allclose(np.asarray(got), np.asarray(whole), atol=1e-3)
     print("OK ep device groups")
 
 
