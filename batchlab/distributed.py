@@ -100,7 +100,9 @@ def cost_on_mesh(family, point, batch: int, numerics, spec: MeshSpec) -> Cost:
     if not spec:
         return family.cost(point, batch, numerics)
     own = family.mesh_cost(point, batch, numerics, spec) if family.mesh_cost else None
-    return own or per_device(family.cost(point, batch, numerics), dict(spec).get("data", 1))
+    if own is not None:
+        return own
+    return per_device(family.cost(point, batch, numerics), dict(spec).get("data", 1))
 
 
 def place(weights, inputs: tuple, batch: int, mesh: Mesh):
@@ -112,7 +114,7 @@ def place(weights, inputs: tuple, batch: int, mesh: Mesh):
         sharding = batch_sharding(mesh, x.ndim) if leads_with_batch else replicated
         return put(x, sharding)
 
-    weights = jax.tree.map(lambda w: put(w, replicated), weights)
+    weights = put(weights, replicated)
     inputs = jax.tree.map(put_input, inputs)
     specs = {
         "weights": "replicated",
