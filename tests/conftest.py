@@ -14,6 +14,19 @@ FAST_TIMING = timing.TimingSpec(
     target_spread=0.5, time_budget_s=0.05, min_reps=3, warmup_reps=1, warmup_s=0.0
 )
 FIXED = dict(peak_flops=100e9, bandwidth=20e9)
+# A small decoder point (GQA, RoPE, SwiGLU) for tests of the decoder families.
+SMALL_DECODER = {
+    "depth": 2,
+    "width": 64,
+    "heads": 4,
+    "kv_heads": 2,
+    "ffn": 96,
+    "ffn_kind": "gated",
+    "position_kind": "rope",
+    "embeddings": "tied",
+    "vocab": 101,
+    "max_len": 64,
+}
 
 
 def run_cli(*args, module="experiments.sweep", timeout=300):

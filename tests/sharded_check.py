@@ -12,19 +12,8 @@ from batchlab.models import moe as mm
 from batchlab.numerics import Numerics
 from batchlab.workloads import REGISTRY
 from batchlab.workloads import moe as wl_moe
+from tests.conftest import SMALL_DECODER as DECODER
 
-DECODER = {
-    "depth": 2,
-    "width": 64,
-    "heads": 4,
-    "kv_heads": 2,
-    "ffn": 96,
-    "ffn_kind": "gated",
-    "position_kind": "rope",
-    "embeddings": "tied",
-    "vocab": 101,
-    "max_len": 64,
-}
 # The family's defaults (E=8, k=2, token choice, capacity 1), at a small width.
 LAYER = {p.name: p.default[0] for p in REGISTRY["moe_layer"].params} | {
     "width": 32,

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import SMALL_DECODER, run_cli
 
 from batchlab import timing
 from batchlab.models import decoder as dec
@@ -137,18 +137,7 @@ def test_greedy_generation_is_deterministic_and_matches_recomputation():
     np.testing.assert_array_equal(a, seq[:, 4:])
 
 
-POINT = {
-    "depth": 2,
-    "width": 64,
-    "heads": 4,
-    "kv_heads": 2,
-    "ffn": 96,
-    "ffn_kind": "gated",
-    "position_kind": "rope",
-    "embeddings": "tied",
-    "vocab": 101,
-    "max_len": 64,
-}
+POINT = SMALL_DECODER
 
 
 def test_decode_cost_by_hand():
