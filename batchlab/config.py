@@ -3,6 +3,7 @@
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 
 from batchlab import distributed, hardware, workloads
@@ -28,7 +29,8 @@ class SweepConfig:
     ceilings: str = "auto"  # where peak FLOP/s and bandwidth come from
     peak_flops: float | None = None  # overrides, FLOP/s and B/s
     bandwidth: float | None = None
-    predict_for: tuple[str, ...] = ()  # datasheet keys to predict for
+    predict_for: tuple[str, ...] = ()  # datasheet targets to predict for: "t4", "t4:float16"
+    config_name: str = ""  # the named (seed) config this sweep runs; claims read it
     family_modules: tuple[str, ...] = ()  # user modules that register more families
     retry_failed: bool = False
     isolate: bool = True  # measure in a child process that a crash cannot take down
@@ -56,7 +58,11 @@ class SweepConfig:
             "weight_copies": self.weight_copies,
             "family_modules": list(self.family_modules),
             "mesh": [list(axis) for axis in self.mesh],
-        }
+        } | ({"config_name": self.config_name} if self.config_name else {})
+
+    def prediction_targets(self) -> list[tuple[str, Numerics]]:
+        """(datasheet key, numerics) of each --predict_for target."""
+        return [hardware.prediction_target(t, self.numerics) for t in self.predict_for]
 
     def fingerprint_hash(self) -> str:
         blob = json.dumps(self.fingerprint(), sort_keys=True).encode()
@@ -134,8 +140,11 @@ def validate(config: SweepConfig) -> None:
     _positive("bandwidth", config.bandwidth)
     if config.ceilings not in CEILINGS:
         raise ConfigError(f"--ceilings={config.ceilings}: allowed are {', '.join(CEILINGS)}")
-    for key in config.predict_for:
-        hardware.by_key(key)
+    config.prediction_targets()
+    if config.config_name and not re.fullmatch(r"[A-Za-z0-9_.-]+", config.config_name):
+        raise ConfigError(
+            f"--config_name={config.config_name}: use letters, digits, '_', '.' and '-'"
+        )
     distributed.check_axes(config.mesh, config.model, family.mesh_axes)
     n = distributed.size(config.mesh)
     for b in config.batch_sizes:
@@ -181,9 +190,3 @@ def _product(grid: Mapping[str, tuple]) -> list[dict]:
 def grid_points(config: SweepConfig) -> list[tuple[dict, int]]:
     """(family point, batch) pairs in the order they are measured: batch fastest."""
     return [(p, b) for p in _product(config.grid) for b in sorted(config.batch_sizes)]
-
-
-def point_id(model: str, point: Mapping, batch: int) -> str:
-    """A stable, readable id: mlp/depth=8,input_width=0,width=1024/b=16."""
-    params = ",".join(f"{k}={point[k]}" for k in sorted(point))
-    return f"{model}/{params}/b={batch}"

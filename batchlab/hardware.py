@@ -124,6 +124,20 @@ def by_key(key: str, flag: str = "--predict_for") -> DeviceSpec:
     return DATASHEET[key]
 
 
+def prediction_target(text: str, numerics: Numerics, flag="--predict_for") -> tuple[str, Numerics]:
+    """'t4' (in `numerics`) or 't4:float16' (that dtype, same precision) -> (key, numerics)."""
+    key, _, dtype = text.partition(":")
+    by_key(key, flag)
+    if not dtype:
+        return key, numerics
+    try:
+        return key, Numerics(dtype, numerics.precision)
+    except ConfigError:
+        raise ConfigError(
+            f"{flag}: {text!r}: unknown dtype {dtype!r}; write DEVICE or DEVICE:DTYPE"
+        ) from None
+
+
 def peak_flops(spec: DeviceSpec, numerics: Numerics) -> tuple[float, str]:
     """Dense peak for this dtype and precision, and which unit it assumes (REFERENCE 3)."""
     if numerics.dtype == "float32":

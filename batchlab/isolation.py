@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 
-from batchlab import results, sweep
+from batchlab import record, results, sweep
 from batchlab.config import SweepConfig, grid_points
 
 
@@ -28,7 +28,7 @@ def _describe_exit(rc: int) -> str:
 def run_supervised(config: SweepConfig, flagfile_text: str, log=print) -> int:
     """Runs `python -m batchlab.worker JOB` until the grid is done; returns an exit code."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="batchlab-job-") as job:
-        json.dump({"config": config.to_json(), "flagfile": flagfile_text}, job)
+        json.dump({"config": config.to_json(), "flagfile": flagfile_text, "argv": sys.argv}, job)
         job.flush()
         return _supervise([sys.executable, "-m", "batchlab.worker", job.name], config, log)
 
@@ -46,10 +46,10 @@ def _supervise(cmd: list[str], config: SweepConfig, log) -> int:
         with open(inflight_path) as f:
             inflight = json.load(f)
         reason = _describe_exit(rc)
-        record = sweep.failed_record(
-            config, inflight["params"], inflight["batch"], inflight["id"], None, "crash", reason
+        base = sweep.base_record(config, inflight["params"], inflight["batch"], None)
+        results.append(
+            os.path.join(config.out_dir, results.RESULTS), record.failed(base, "crash", reason)
         )
-        results.append(os.path.join(config.out_dir, results.RESULTS), record)
         os.remove(inflight_path)
         log(f"{inflight['id']}  FAILED (crash): {reason}; continuing in a new process")
     return 1

@@ -7,29 +7,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from batchlab import analysis, results, roofline, workloads  # noqa: E402
-
-
-def device_label(record: dict) -> str:
-    """The device that measured a record: jax's device kind, with the host for a CPU
-    (every CPU's device kind is just "cpu")."""
-    prov = record.get("provenance") or {}
-    kind = prov.get("device_kind") or prov.get("backend") or "unknown device"
-    return f"cpu ({prov['host']})" if kind == "cpu" and prov.get("host") else kind
+from batchlab import analysis, record, results, workloads  # noqa: E402
+from batchlab.record import device_label, x_value  # noqa: E402
 
 
 def series_by_device(records: list[dict], x: str = "batch") -> dict[str, tuple]:
     """label -> (series key, points). With records from several devices, each device's
     series are apart and their labels start with the device."""
-    ok = [r for r in records if r.get("status") == "ok"]
-    devices = list(dict.fromkeys(device_label(r) for r in ok))
-    out = {}
-    for device in devices:
-        mine = [r for r in ok if device_label(r) == device] if len(devices) > 1 else ok
-        for key, points in analysis.series(mine, x).items():
-            prefix = f"{device}: " if len(devices) > 1 else ""
-            out[prefix + analysis.series_label(key)] = (key, points)
-    return out
+    groups = analysis.series(records, x)
+    devices = list(dict.fromkeys(key.device for key in groups))
+    prefix = len(devices) > 1
+    return {
+        (f"{key.device}: " if prefix else "") + key.label: (key, points)
+        for key, points in groups.items()
+    }
 
 
 def plot_records(
@@ -63,9 +54,9 @@ def plot_records(
     )
     axes = axes[0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, (key, points)) in enumerate(groups.items()):
+    for i, (label, (_, points)) in enumerate(groups.items()):
         color = colors[i % len(colors)]
-        xs = [analysis.x_value(r, x) for r in points]
+        xs = [x_value(r, x) for r in points]
         t = [r["time"]["median_s"] * 1e3 for r in points]
         pred = [r["prediction"]["lower_s"] * 1e3 for r in points]
         scales = ([1] * len(xs), xs) if by_batch else ([1] * len(xs),)
@@ -79,14 +70,12 @@ def plot_records(
             )
             ax.plot(xs, [v / s for v, s in zip(pred, scale)], "--", color=color, alpha=0.6)
         if by_batch:
-            b_star = analysis.predicted_critical_batch(
-                key, roofline.Ceilings(**points[-1]["ceilings"]), with_activations=True
-            )
+            b_star = record.b_star(points[-1])
             knee = analysis.fit_knee(xs, t)
             for ax in axes:
                 if b_star is not None:
                     ax.axvline(b_star, color=color, ls="--", lw=0.8, alpha=0.5)
-                if knee is not None:
+                if knee.found:
                     ax.axvline(knee.batch, color=color, ls=":", lw=1.2)
     labels = ["time per call (ms)", "time per example (ms)"]
     for ax, ylabel in zip(axes, labels):
@@ -117,8 +106,10 @@ def plot_dir(out_dir: str, warn=print) -> list[str]:
     of the family's other plot axes that the sweep varied."""
     records = results.load(os.path.join(out_dir, results.RESULTS), warn=warn)
     paths = [plot_records(records, os.path.join(out_dir, results.PLOT))]
-    ok = [r for r in records if r.get("status") == "ok"]
+    ok = [r for r in records if record.is_point(r)]
     for model in dict.fromkeys(r["model"] for r in ok):
+        if model not in workloads.REGISTRY:
+            continue  # a family not imported here: its records still plot against batch
         for axis in workloads.get(model).plot_axes:
             mine = [r for r in ok if r["model"] == model]
             if len({r["params"][axis] for r in mine}) > 1:

@@ -1,26 +1,21 @@
-"""The results directory: JSON lines with provenance, flushed per point, and resumable.
+"""The results directory: its files, JSON lines flushed per record, and the check that a
+directory holds results of the same config before anything is added to it.
 
 Layout of OUT_DIR:
-  results.jsonl     one record per measured or failed point (SCHEMA_VERSION)
-  config.json       the sweep config and its fingerprint; a rerun must match it
+  results.jsonl     one record per measured or failed point (batchlab.record)
+  config.json       {"fingerprint": {...}, "config": {...}}; a rerun must match it
   flags.txt         the resolved flags, a flagfile that re-runs the sweep
   calibration.json  measured device ceilings, per device kind and numerics
   inflight.json     the point being measured (present only while one is)
   plot.png          written by batchlab.plotting
 """
 
-import datetime
-import functools
 import json
 import os
-import platform
-import socket
-import subprocess
-import sys
 
-import batchlab
+from batchlab import record
+from batchlab.errors import ConfigError
 
-SCHEMA_VERSION = 1
 RESULTS, CONFIG, FLAGS, CALIBRATION, INFLIGHT, PLOT = (
     "results.jsonl",
     "config.json",
@@ -31,90 +26,12 @@ RESULTS, CONFIG, FLAGS, CALIBRATION, INFLIGHT, PLOT = (
 )
 
 
-class MalformedResults(ValueError):
-    """A results file line that is not a valid record."""
-
-
-def _git_commit() -> str | None:
-    here = os.path.dirname(os.path.abspath(batchlab.__file__))
-    try:
-        out = subprocess.run(
-            ["git", "-C", here, "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-        dirty = subprocess.run(
-            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-@functools.cache
-def _static_provenance() -> dict:
-    import flax
-    import jax
-    import jaxlib
-
-    return {
-        "batchlab": batchlab.__version__,
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "flax": flax.__version__,
-        "python": platform.python_version(),
-        "host": socket.gethostname(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "git_commit": _git_commit(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "argv": sys.argv,
-    }
-
-
-def provenance(device=None) -> dict:
-    """Where and with what a point was measured; without a device when none answered."""
-    now = {"timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-    if device is None:
-        return _static_provenance() | now
-    import jax
-
-    return (
-        _static_provenance()
-        | now
-        | {
-            "backend": device.platform,
-            "device_kind": device.device_kind,
-            "device_count": jax.device_count(),
-            "process_count": jax.process_count(),
-        }
-    )
-
-
-def append(path: str, record: dict) -> None:
+def append(path: str, rec: dict) -> None:
     """Appends one record and forces it to disk: a crash loses at most the point in flight."""
     with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.write(json.dumps(rec, sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def check_line(line: str) -> dict:
-    """One results line as a record, or MalformedResults saying what is wrong."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise MalformedResults(f"not valid JSON ({e.msg})") from None
-    if not isinstance(record, dict) or "id" not in record or "status" not in record:
-        raise MalformedResults("not a batchlab record (no id or status)")
-    if record.get("schema", 0) > SCHEMA_VERSION:
-        raise MalformedResults(f"schema {record['schema']} is newer than {SCHEMA_VERSION}")
-    return record
 
 
 def load(path: str, warn=None) -> list[dict]:
@@ -128,8 +45,8 @@ def load(path: str, warn=None) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                records.append(check_line(line))
-            except MalformedResults as e:
+                records.append(record.parse(line))
+            except record.MalformedRecord as e:
                 if warn:
                     warn(f"{path}:{n}: skipped: {e}")
     return records
@@ -145,3 +62,48 @@ def write_json_atomic(path: str, obj) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
     os.replace(tmp, path)
+
+
+def check_dir(out_dir: str, fingerprint: dict, flag: str = "--out_dir") -> None:
+    """Writes nothing: `out_dir` must be writable, and any results already in it must
+    carry the same fingerprint (ConfigError naming `flag` and what differs)."""
+    out = os.path.abspath(out_dir)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"{flag}={out_dir}: exists and is not a directory")
+    parent = out
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{flag}={out_dir}: cannot write there ({parent} is not a writable directory)"
+        )
+    config_path = os.path.join(out, CONFIG)
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            earlier = json.load(f).get("fingerprint") or {}
+        if earlier != fingerprint:
+            diff = "; ".join(
+                f"{k} {earlier.get(k)!r} there, {fingerprint[k]!r} now"
+                for k in fingerprint
+                if earlier.get(k) != fingerprint[k]
+            )
+            raise ConfigError(
+                f"{flag}={out_dir}: holds results of a different config ({diff}); choose "
+                f"another {flag}"
+            )
+    elif os.path.exists(os.path.join(out, RESULTS)):
+        raise ConfigError(
+            f"{flag}={out_dir}: holds {RESULTS} but no {CONFIG}; choose another {flag}"
+        )
+
+
+def init_dir(
+    out_dir: str, fingerprint: dict, config: dict, flagfile_text: str | None = None
+) -> None:
+    """Checks `out_dir` (check_dir), then saves the config and, if given, the flagfile."""
+    check_dir(out_dir, fingerprint)
+    os.makedirs(out_dir, exist_ok=True)
+    write_json_atomic(os.path.join(out_dir, CONFIG), {"fingerprint": fingerprint, "config": config})
+    if flagfile_text is not None:
+        with open(os.path.join(out_dir, FLAGS), "w") as f:
+            f.write(flagfile_text)

@@ -102,6 +102,35 @@ def critical_batch(
     return lo + (-e_lo) / (e_hi - e_lo)
 
 
+def critical_batch_from_costs(
+    batches, costs: list[Cost], ceilings: Ceilings, with_activations: bool = True
+) -> float | None:
+    """b* as critical_batch finds it, from costs known only at `batches` (sorted): the
+    excess FLOPs − bytes·R is interpolated linearly between them and extrapolated from
+    the last two, which is exact when the cost is affine in the batch (dense layers,
+    convolutions, a decode step) and an estimate otherwise. Needs two batches or more."""
+
+    def excess(c: Cost) -> float:
+        moved = c.total_bytes if with_activations else c.weight_bytes + c.state_bytes
+        return c.flops - moved * ceilings.ridge
+
+    e = [excess(c) for c in costs]
+    if len(batches) < 2:
+        raise ValueError("critical_batch_from_costs needs two batches or more")
+    i = next((i for i, v in enumerate(e) if v >= 0), None)
+    if i == 0:
+        if batches[0] == 1:
+            return 1.0
+        i = 1  # compute-bound already: extrapolate down from the first two
+    if i is None:
+        i = len(e) - 1  # never reached: extrapolate up from the last two
+    (b0, b1), (e0, e1) = batches[i - 1 : i + 1], e[i - 1 : i + 1]
+    if e1 <= e0:
+        return None if e1 < 0 else 1.0
+    b = b0 + (0 - e0) * (b1 - b0) / (e1 - e0)
+    return None if b > MAX_BATCH else max(1.0, b)
+
+
 def fmt_batch(b: float | None) -> str:
     """A critical batch for printing; None means never compute-bound."""
     return "never" if b is None else f"{b:.1f}"

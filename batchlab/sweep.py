@@ -1,7 +1,6 @@
 """The sweep engine: the grid, resume, failure isolation, one record per point."""
 
 import dataclasses
-import json
 import os
 import time
 import traceback
@@ -11,63 +10,30 @@ import jax
 from batchlab import (
     calibration,
     distributed,
+    dry_run,
     hardware,
+    record,
     results,
     roofline,
-    summary,
     timing,
     workloads,
 )
-from batchlab.config import SweepConfig, grid_points, point_id
+from batchlab.config import SweepConfig, grid_points
 from batchlab.errors import ConfigError
+from batchlab.provenance import provenance
+from batchlab.record import point_id
 
 RESTART_EXIT_CODE = 75  # a worker asks for a fresh process (after an OOM, say)
 
 
 def check_out_dir(config: SweepConfig) -> None:
     """Writes nothing: OUT_DIR must be writable, and any results in it from this config."""
-    out = os.path.abspath(config.out_dir)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ConfigError(f"--out_dir={config.out_dir}: exists and is not a directory")
-    parent = out
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"--out_dir={config.out_dir}: cannot write there ({parent} is not a writable directory)"
-        )
-    config_path = os.path.join(out, results.CONFIG)
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            earlier = json.load(f).get("fingerprint") or {}
-        now = config.fingerprint()
-        if earlier != now:
-            diff = "; ".join(
-                f"{k} {earlier.get(k)!r} there, {now[k]!r} now"
-                for k in now
-                if earlier.get(k) != now[k]
-            )
-            raise ConfigError(
-                f"--out_dir={config.out_dir}: holds results of a different "
-                f"config ({diff}); choose another --out_dir"
-            )
-    elif os.path.exists(os.path.join(out, results.RESULTS)):
-        raise ConfigError(
-            f"--out_dir={config.out_dir}: holds results.jsonl but no "
-            "config.json; choose another --out_dir"
-        )
+    results.check_dir(config.out_dir, config.fingerprint())
 
 
 def init_out_dir(config: SweepConfig, flagfile_text: str) -> None:
     """Checks OUT_DIR, then saves the config and the re-runnable flagfile in it."""
-    check_out_dir(config)
-    os.makedirs(config.out_dir, exist_ok=True)
-    results.write_json_atomic(
-        os.path.join(config.out_dir, results.CONFIG),
-        {"fingerprint": config.fingerprint(), "config": config.to_json()},
-    )
-    with open(os.path.join(config.out_dir, results.FLAGS), "w") as f:
-        f.write(flagfile_text)
+    results.init_dir(config.out_dir, config.fingerprint(), config.to_json(), flagfile_text)
 
 
 def forget_calibration(config: SweepConfig) -> None:
@@ -139,6 +105,7 @@ def _weight_copies(weights, n: int):
 
 def measure_point(
     config: SweepConfig,
+    base: dict,
     point: dict,
     batch: int,
     device,
@@ -148,7 +115,7 @@ def measure_point(
     mesh=None,
     agree=None,
 ) -> dict:
-    """Builds, compiles and times one point; returns the fields of its record.
+    """Builds, compiles and times one point; returns its record.
 
     With a mesh, the workload is laid out as it says (distributed.place_workload); the
     prediction is then for one device's share (REFERENCE 2 applied per device), with the
@@ -190,32 +157,52 @@ def measure_point(
         ):
             for i in range(3):
                 call(i)
-    pred = roofline.predict(cost, ceilings, floor_s)
     # What repeated calls cycle through: every weight copy, plus this call's other bytes.
     working_set = cost.total_bytes + cost.weight_bytes * (config.weight_copies - 1)
-    return {
-        "time": stats.as_dict(),
-        "time_per_example_s": stats.median_s / batch,
-        "compile": {
+    return record.measured(
+        base,
+        time=stats.as_dict(),
+        compile_info={
             "lower_s": compiled.lower_s,
             "compile_s": compiled.compile_s,
             "cache_dir": config.compilation_cache_dir,
         },
-        "cost": work.cost.as_dict(),
-        "xla": {
-            "cost_analysis": compiled.cost_analysis,
-            "memory_analysis": compiled.memory_analysis,
-        },
-        "prediction": pred.as_dict() | {"rel_error": stats.median_s / pred.lower_s - 1},
-        "attained": {
-            "flops_per_s": cost.flops / stats.median_s,
-            "fraction_of_peak": cost.flops / stats.median_s / ceilings.peak_flops,
-            "bytes_per_s": cost.total_bytes / stats.median_s,
-            "fraction_of_bandwidth": cost.total_bytes / stats.median_s / ceilings.bandwidth,
-        },
-        "working_set": {"bytes": working_set, "fits_in": hardware.fits_in(working_set, caches)},
-        **layout,
-        **({"metrics": metrics} if metrics else {}),
+        cost=work.cost,
+        device_cost=cost,
+        xla={"cost_analysis": compiled.cost_analysis, "memory_analysis": compiled.memory_analysis},
+        ceilings=ceilings,
+        empty_call_s=floor_s,
+        prediction=roofline.predict(cost, ceilings, floor_s),
+        **roofline_fields(config, point, batch, ceilings),
+        working_set={"bytes": working_set, "fits_in": hardware.fits_in(working_set, caches)},
+        extra=layout | ({"metrics": metrics} if metrics else {}),
+    )
+
+
+def roofline_fields(config: SweepConfig, point: dict, batch: int, ceilings) -> dict:
+    """The series' critical batches on these ceilings, and the point's roofline
+    prediction on each --predict_for target: computed here, once, from the family's cost
+    model, so that readers of the record never need it."""
+    family = workloads.get(config.model)
+
+    def cost_at(numerics):
+        return lambda b: distributed.cost_on_mesh(family, point, b, numerics, config.mesh)
+
+    predicted = {}
+    for key, numerics in config.prediction_targets():
+        spec = hardware.DATASHEET[key]
+        sheet = hardware.datasheet_ceilings(spec, numerics)
+        predicted[record.target_key(key, numerics)] = record.prediction_entry(
+            spec.name,
+            spec.kind,
+            numerics,
+            cost_at(numerics)(batch),
+            sheet,
+            record.critical_batches(cost_at(numerics), sheet),
+        )
+    return {
+        "critical_batch": record.critical_batches(cost_at(config.numerics), ceilings),
+        "predicted": predicted,
     }
 
 
@@ -243,43 +230,33 @@ def _failure_reason(e: BaseException) -> tuple[str, str]:
     return kind, f"{type(e).__name__}: {msg}"
 
 
-def _base_record(config: SweepConfig, point: dict, batch: int, pid: str, device) -> dict:
-    return {
-        "schema": results.SCHEMA_VERSION,
-        "id": pid,
-        "model": config.model,
-        "params": point,
-        "batch": batch,
-        "dtype": config.numerics.dtype,
-        "precision": config.numerics.precision,
-        "weight_copies": config.weight_copies,
-        "fingerprint": config.fingerprint_hash(),
-        "provenance": results.provenance(device),
-    }
+def base_record(config: SweepConfig, point: dict, batch: int, device, argv=None) -> dict:
+    """The fields of a point's record that do not depend on its measurement."""
+    return record.base(
+        pid=point_id(config.model, point, batch),
+        model=config.model,
+        params=point,
+        batch=batch,
+        numerics=config.numerics,
+        weight_copies=config.weight_copies,
+        fingerprint=config.fingerprint_hash(),
+        config_name=config.config_name,
+        provenance=provenance(device, argv),
+    )
 
 
-def failed_record(
-    config: SweepConfig, point: dict, batch: int, pid: str, device, kind: str, reason: str
-) -> dict:
-    return _base_record(config, point, batch, pid, device) | {
-        "status": "failed",
-        "failure": kind,
-        "error": reason,
-    }
-
-
-def run_job(config: SweepConfig, flagfile_text: str, log=print) -> int:
+def run_job(config: SweepConfig, flagfile_text: str, log=print, argv=None) -> int:
     """Checks what needs the devices, then OUT_DIR, then measures: nothing is written
-    when the mesh does not fit the devices."""
+    when the mesh does not fit the devices. `argv` is the command the user typed."""
     if config.compilation_cache_dir:
         enable_compilation_cache(config.compilation_cache_dir)
     mesh = distributed.make_mesh(config.mesh) if config.mesh else None
     if distributed.is_writer():
         init_out_dir(config, flagfile_text)
-    return run(config, log, mesh)
+    return run(config, log, mesh, argv)
 
 
-def run(config: SweepConfig, log=print, mesh=None) -> int:
+def run(config: SweepConfig, log=print, mesh=None, argv=None) -> int:
     """Measures every pending point, appending a record for each; returns an exit code.
 
     Returns RESTART_EXIT_CODE after an out-of-memory failure when isolated, since a
@@ -307,10 +284,10 @@ def run(config: SweepConfig, log=print, mesh=None) -> int:
         f"device {device.device_kind} ({device.platform}); ceilings ({ceilings.source}): "
         f"{ceilings.peak_flops / 1e9:.1f} GFLOP/s [{ceilings.flops_kernel}], "
         f"{ceilings.bandwidth / 1e9:.1f} GB/s [{ceilings.bandwidth_kernel}]; "
-        f"empty call {summary.fmt_time(floor.median_s)}"
+        f"empty call {timing.fmt_time(floor.median_s)}"
     )
     if config.explain:
-        log(summary.explain(config, device.device_kind, ceilings))
+        log(dry_run.explain(config, device.device_kind, ceilings))
     agree = distributed.agree if jax.process_count() > 1 else None
     out = config.out_dir
     results_path = os.path.join(out, results.RESULTS)
@@ -319,38 +296,32 @@ def run(config: SweepConfig, log=print, mesh=None) -> int:
     for n, (point, batch, pid) in enumerate(todo, 1):
         if writer:
             results.write_json_atomic(inflight, {"id": pid, "params": point, "batch": batch})
-        base = _base_record(config, point, batch, pid, device)
+        base = base_record(config, point, batch, device, argv)
         try:
-            record = base | {
-                "status": "ok",
-                "ceilings": ceilings.as_dict(),
-                "empty_call_s": floor.median_s,
-            }
-            record |= measure_point(
-                config, point, batch, device, ceilings, floor.median_s, caches, mesh, agree
+            rec = measure_point(
+                config, base, point, batch, device, ceilings, floor.median_s, caches, mesh, agree
             )
         except Exception as e:  # any point may fail; the sweep goes on
             kind, reason = _failure_reason(e)
-            record = failed_record(config, point, batch, pid, device, kind, reason)
-            record["traceback"] = traceback.format_exc(limit=-TRACEBACK_FRAMES)
+            rec = record.failed(base, kind, reason, traceback.format_exc(limit=-TRACEBACK_FRAMES))
         if writer:
-            results.append(results_path, record)
+            results.append(results_path, rec)
             os.remove(inflight)
         left = (time.perf_counter() - started) / n * (len(todo) - n)
-        log(_progress_line(n, len(todo), record, left))
-        if record["status"] != "ok" and record["failure"] == "oom" and config.isolate:
+        log(_progress_line(n, len(todo), rec, left))
+        if rec["status"] != "ok" and rec["failure"] == "oom" and config.isolate:
             return RESTART_EXIT_CODE
     return 0
 
 
-def _progress_line(n: int, total: int, record: dict, left_s: float) -> str:
-    head = f"[{n}/{total}] {record['id']}"
-    if record["status"] != "ok":
-        return f"{head}  FAILED ({record['failure']}): {record['error']}  ~{left_s:.0f} s left"
-    t, p = record["time"], record["prediction"]
+def _progress_line(n: int, total: int, rec: dict, left_s: float) -> str:
+    head = f"[{n}/{total}] {rec['id']}"
+    if rec["status"] != "ok":
+        return f"{head}  FAILED ({rec['failure']}): {rec['error']}  ~{left_s:.0f} s left"
+    t, p = rec["time"], rec["prediction"]
     flag = "  UNSTABLE" if t["unstable"] else ""
     return (
-        f"{head}  {summary.fmt_time(t['median_s'])} ±{100 * t['spread']:.1f}% (n={t['count']})  "
-        f"pred {summary.fmt_time(p['lower_s'])} {p['regime']}  "
-        f"compile {record['compile']['compile_s']:.2f} s{flag}  ~{left_s:.0f} s left"
+        f"{head}  {timing.fmt_time(t['median_s'])} ±{100 * t['spread']:.1f}% (n={t['count']})  "
+        f"pred {timing.fmt_time(p['lower_s'])} {p['regime']}  "
+        f"compile {rec['compile']['compile_s']:.2f} s{flag}  ~{left_s:.0f} s left"
     )

@@ -52,6 +52,13 @@ class CompiledCall:
     memory_analysis: dict
 
 
+def fmt_time(t: float) -> str:
+    """Seconds in the unit that reads best: 12.3 us, 4.56 ms, 1.23 s."""
+    if t < 1e-3:
+        return f"{t * 1e6:.3g} us"
+    return f"{t * 1e3:.4g} ms" if t < 1 else f"{t:.3g} s"
+
+
 def summarize(samples: Sequence[float], target_spread: float) -> TimingStats:
     """Median, IQR, min, mean and spread of timing samples."""
     a = np.asarray(samples, dtype=np.float64)

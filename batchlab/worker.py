@@ -1,6 +1,7 @@
 """Entry point of the measuring child process: `python -m batchlab.worker JOB_JSON`.
 
-JOB_JSON holds {"config": SweepConfig as JSON, "flagfile": the resolved flags}.
+JOB_JSON holds {"config": SweepConfig as JSON, "flagfile": the resolved flags, "argv":
+the command the user typed, for the records' provenance}.
 """
 
 import json
@@ -18,7 +19,9 @@ def main(argv: list[str]) -> int:
     config = SweepConfig.from_json(job["config"])
     try:
         workloads.import_family_modules(config.family_modules)
-        return sweep.run_job(config, job["flagfile"], log=lambda line: print(line, flush=True))
+        return sweep.run_job(
+            config, job["flagfile"], log=lambda line: print(line, flush=True), argv=job["argv"]
+        )
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from batchlab import analysis, results, timing
+from batchlab import analysis, record, results, timing
 from batchlab.numerics import Numerics
 from batchlab.workloads import mlp
 
@@ -101,18 +101,16 @@ def main():
             f"b={r['batch']}: {100 * r['attained']['fraction_of_peak']:.0f}%" for r in big
         )
         ((key, pts),) = analysis.series(run).items()
-        from batchlab.roofline import Ceilings
-
-        ceil = Ceilings(**pts[0]["ceilings"])
-        b_star = analysis.predicted_critical_batch(key, ceil, with_activations=True)
-        knee = analysis.fit_knee([r["batch"] for r in pts], [r["time"]["median_s"] for r in pts])
+        ceil = pts[0]["ceilings"]
+        b_star = record.b_star(pts[-1])
+        knee = analysis.fit_knee(*analysis.times(pts))
         print(
-            f"| {name}: fraction of calibrated peak ({ceil.peak_flops / 1e9:.0f} GFLOP/s, "
-            f"{ceil.bandwidth / 1e9:.1f} GB/s) | {fracs} |"
+            f"| {name}: fraction of calibrated peak ({ceil['peak_flops'] / 1e9:.0f} GFLOP/s, "
+            f"{ceil['bandwidth'] / 1e9:.1f} GB/s) | {fracs} |"
         )
         print(
-            f"| {name}: measured knee vs predicted b* | {knee.batch:.1f} vs {b_star:.1f} "
-            f"(ratio {knee.batch / b_star:.2f}) |"
+            f"| {name}: measured knee vs predicted b* | {knee.text()} vs {b_star:.1f} "
+            + (f"(ratio {knee.batch / b_star:.2f}) |" if knee.found else "|")
         )
 
 

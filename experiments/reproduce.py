@@ -1,16 +1,21 @@
 """Every claim of the post checked in one command: runs the seed configs that fit this
-machine, then writes OUT_DIR/REPORT.md with its plots.
+machine (and the router training of claim C9), then writes OUT_DIR/REPORT.md.
 
 python -m experiments.reproduce --out_dir=runs/repro              # quick budget
 python -m experiments.reproduce --out_dir=runs/repro_full --budget=full
 """
 
+import os
+import shutil
+import subprocess
 import sys
+import time
 
 from absl import flags
 
-from batchlab import report, reproduce
-from experiments import cli
+from batchlab import report, reproduce, results
+from batchlab.report.sources import REPRODUCE
+from experiments import cli, sweep_flags
 
 OUT_DIR = flags.DEFINE_string(
     "out_dir", "runs/repro", "Results go to OUT_DIR/<config>, the report to OUT_DIR; reruns resume."
@@ -19,10 +24,11 @@ BUDGET = flags.DEFINE_enum(
     "budget",
     "quick",
     list(reproduce.BUDGETS),
-    "quick: smaller grids and timing budgets; full: the seeds as they are.",
+    "quick: each seed's configs/quick/ variant (smaller grids and timing budgets); full: "
+    "the seeds as they are.",
 )
 CONFIGS = flags.DEFINE_list(
-    "configs", [], "Seed configs to run (names in configs/seed); empty: all of them."
+    "configs", [], "Seed configs to run (names in configs/seed, or train_router); empty: all."
 )
 SWEEP_FLAG = flags.DEFINE_multi_string(
     "sweep_flag",
@@ -35,7 +41,9 @@ COMPILATION_CACHE_DIR = flags.DEFINE_string(
     "JAX's persistent compilation cache; default OUT_DIR/compilation_cache, empty for none.",
 )
 PREDICT_FOR = flags.DEFINE_list(
-    "predict_for", list(report.PREDICT_FOR), "Datasheet devices the report predicts for."
+    "predict_for",
+    list(report.PREDICT_FOR),
+    "Datasheet devices each sweep predicts for (a T4 also in fp16) and the report shows.",
 )
 MEMORY_GB = flags.DEFINE_float(
     "memory_gb", None, "Memory to plan for, in GB; default what the device has available."
@@ -45,8 +53,55 @@ DRY_RUN = flags.DEFINE_bool(
 )
 
 
+def run(config: reproduce.ReproduceConfig) -> str | None:
+    """Runs every step that fits, then writes OUT_DIR/REPORT.md; returns its path (None
+    for a dry run, which prints the plan and writes nothing)."""
+    started, root = time.perf_counter(), reproduce.repo_root()
+    planned = reproduce.plan(config, root, sweep_flags.parse)
+    out_dir = os.path.abspath(config.out_dir)
+    numerics = list(dict.fromkeys(p.sweep.numerics for p in planned if p.sweep))
+    if config.dry_run:
+        machine = {"kind": "not probed (dry run)", "memory_bytes": reproduce.host_memory_bytes()}
+    else:
+        os.makedirs(out_dir, exist_ok=True)
+        reproduce.ignore_cache(out_dir, planned)
+        machine = reproduce.probe(out_dir, numerics)
+    available = config.memory_bytes or machine.get("memory_bytes")
+    reproduce.fit_memory(planned, available)
+    print(reproduce.plan_text(planned, machine, available, config.budget))
+    if config.dry_run:
+        return None
+    state = reproduce.state(config, machine, planned, out_dir)
+    shared = os.path.join(out_dir, results.CALIBRATION)
+    for n, p in enumerate(planned, 1):
+        if p.status == "skipped":
+            continue
+        mine = os.path.join(out_dir, p.name)
+        os.makedirs(mine, exist_ok=True)
+        own = os.path.join(mine, results.CALIBRATION)
+        if p.sweep and os.path.exists(shared) and not os.path.exists(own):
+            shutil.copy(shared, own)
+        print(f"\n[{n}/{len(planned)}] {p.name}: {' '.join(p.command[2:])}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.run(p.command, cwd=root).returncode
+        p.wall_s = time.perf_counter() - t0
+        p.status, p.reason = ("ran", "") if rc == 0 else ("failed", f"exit code {rc}")
+        print(f"[{n}/{len(planned)}] {p.name}: {p.status} in {p.wall_s:.0f} s")
+        state["configs"][p.name] = p.as_dict()
+        state["wall_s"] = time.perf_counter() - started
+        results.write_json_atomic(os.path.join(out_dir, REPRODUCE), state)
+    state["wall_s"] = time.perf_counter() - started
+    results.write_json_atomic(os.path.join(out_dir, REPRODUCE), state)
+    path = report.build(
+        report.ReportConfig((out_dir,), out_dir, config.predict_for, config.command),
+        warn=lambda m: print(f"warning: {m}", file=sys.stderr),
+    )
+    print(f"{config.budget} budget: {time.perf_counter() - started:.0f} s in all, report included")
+    return path
+
+
 def main(argv):
-    path = reproduce.run(
+    path = run(
         reproduce.ReproduceConfig(
             out_dir=OUT_DIR.value,
             budget=BUDGET.value,

@@ -9,9 +9,10 @@ import sys
 
 from absl import flags
 
-from batchlab import distributed, isolation, plotting, results, summary, sweep
+from batchlab import claims, distributed, dry_run, isolation, plotting, results, summary, sweep
 from experiments import cli, sweep_flags
 
+F = sweep_flags.define()
 DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Validate everything and print the grid; compile and write nothing."
 )
@@ -19,14 +20,13 @@ PLOT = flags.DEFINE_bool("plot", True, "Write OUT_DIR/plot.png at the end.")
 
 
 def main(argv):
-    config = sweep_flags.sweep_config()
-    if DRY_RUN.value:
-        sweep.check_out_dir(config)
-        print(summary.grid_text(config))
-        if config.explain:
-            print(summary.explain(config, "", None))
-        return
+    config = sweep_flags.sweep_config(F)
     sweep.check_out_dir(config)
+    if DRY_RUN.value:
+        print(dry_run.grid_text(config))
+        if config.explain:
+            print(dry_run.explain(config, "", None))
+        return
     if config.distributed:
         # Before anything starts a backend. A dead process must fail the job, not be
         # retried in a child, so the processes measure in-process.
@@ -37,16 +37,20 @@ def main(argv):
             config.distributed_timeout_s,
         )
         config = dataclasses.replace(config, isolate=False)
-    if sweep_flags.RECALIBRATE.value and distributed.is_writer():
+    # Only process 0 writes; a single process asks no backend (the measuring child does).
+    if F.recalibrate.value and (not config.distributed or distributed.is_writer()):
         sweep.forget_calibration(config)  # once per job: restarted workers reuse the new one
     run = isolation.run_supervised if config.isolate else sweep.run_job
-    rc = run(config, sweep_flags.resolved_flagfile())
+    rc = run(config, sweep_flags.resolved_flagfile(F))
     if rc:
         sys.exit(rc)
     if config.distributed and not distributed.is_writer():
         return
     records = results.load(os.path.join(config.out_dir, results.RESULTS), warn=print)
-    print(summary.table(records, config.predict_for))
+    print(summary.table(records))
+    lines = claims.sweep_lines(records)
+    if lines:
+        print("\n" + "\n".join(lines))
     if PLOT.value and any(r["status"] == "ok" for r in records):
         print(f"plots: {', '.join(plotting.plot_dir(config.out_dir))}")
     print(f"results: {os.path.join(config.out_dir, results.RESULTS)}")

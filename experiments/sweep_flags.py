@@ -1,170 +1,242 @@
-"""Flags of the sweep, shared by every experiment that runs one, and their config."""
+"""Flags of the sweep and the config they describe.
+
+`define(flag_values)` defines them into any absl FlagValues: experiments.sweep into the
+global FLAGS, experiments.reproduce into one of its own per seed flagfile, so that every
+flagfile is parsed by absl and nothing else.
+"""
 
 import os
+import types
 
 from absl import flags
 
 from batchlab import config, distributed, timing, workloads
+from batchlab.errors import ConfigError
 from batchlab.numerics import DTYPES, PRECISIONS
 
 _T = timing.TimingSpec()
 
-MODEL = flags.DEFINE_string(
-    "model", "mlp", f"Model family: one of {', '.join(workloads.REGISTRY)}."
+# Flags that are not a family's, in the order --help lists them; (name, kind, default, help).
+GENERAL = (
+    ("model", "string", "mlp", f"Model family: one of {', '.join(workloads.REGISTRY)}."),
+    ("batch_sizes", "list", ["1", "2", "4", "8"], "Batch sizes to sweep."),
+    (
+        "config_name",
+        "string",
+        "",
+        "The name of this config, set by each seed flagfile "
+        "(configs/seed/NAME.flags sets NAME): the report judges each claim of the post on "
+        "the results of its own seed configs.",
+    ),
+    ("dtype", "enum", "float32", "Weights and activations dtype."),
+    (
+        "precision",
+        "enum",
+        "default",
+        "Matmul precision (default runs fp32 as tf32/bf16 on GPU/TPU).",
+    ),
+    ("out_dir", "string", "runs/sweep", "Results directory; a rerun resumes it."),
+    ("seed", "integer", 0, "Seed of the random weights and inputs."),
+    ("target_spread", "float", _T.target_spread, "Stop repeating once IQR/median is below this."),
+    ("time_budget_s", "float", _T.time_budget_s, "Stop repeating a point after this many seconds."),
+    ("min_reps", "integer", _T.min_reps, "Timed calls per point, at least."),
+    ("warmup_reps", "integer", _T.warmup_reps, "Untimed calls first."),
+    (
+        "weight_copies",
+        "integer",
+        1,
+        "Rotate this many copies of the weights so calls read cold weights.",
+    ),
+    (
+        "ceilings",
+        "enum",
+        "auto",
+        "Peaks from the datasheet row (auto: when the device has one) or measured by calibration.",
+    ),
+    (
+        "recalibrate",
+        "bool",
+        False,
+        "Measure this machine's ceilings again instead of reusing "
+        "OUT_DIR/calibration.json (e.g. the first run shared the machine with other work).",
+    ),
+    ("peak_flops", "float", None, "Override the peak, in FLOP/s."),
+    ("bandwidth", "float", None, "Override the memory bandwidth, in B/s."),
+    (
+        "predict_for",
+        "list",
+        [],
+        "Datasheet devices to predict each point for, in the sweep's "
+        "dtype or another: t4,t4:float16,h100_sxm. Stored in each record; the report predicts "
+        "from them.",
+    ),
+    ("family_modules", "list", [], "Python modules to import that register more families."),
+    ("retry_failed", "bool", False, "Measure failed points again."),
+    (
+        "isolate",
+        "bool",
+        True,
+        "Measure in a child process, so a crashing point is recorded "
+        "as failed and the sweep goes on.",
+    ),
+    ("explain", "bool", False, "Print the critical-batch derivation."),
+    (
+        "profile_dir",
+        "string",
+        None,
+        "Write jax.profiler traces of the points at --profile_batches here.",
+    ),
+    ("profile_batches", "list", [], "Batch sizes to trace with --profile_dir; empty: every point."),
+    (
+        "compilation_cache_dir",
+        "string",
+        None,
+        "Enable JAX's persistent compilation cache in this directory.",
+    ),
+    ("mesh", "string", "", "Device mesh, e.g. data:8 or data:2,expert:4; empty: one device."),
+    (
+        "distributed",
+        "bool",
+        False,
+        "Join JAX's distributed runtime with what JAX detects (TPU "
+        "pod, SLURM); implied by --coordinator_address or --num_processes.",
+    ),
+    ("coordinator_address", "string", None, "host:port of process 0, for several processes."),
+    ("num_processes", "integer", None, "Processes in the job."),
+    ("process_id", "integer", None, "This process, 0..num_processes-1."),
+    (
+        "distributed_timeout_s",
+        "integer",
+        60,
+        "A dead process fails the others after this many seconds.",
+    ),
+    (
+        "shard_index",
+        "integer",
+        int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)),
+        "This worker's share of the grid (default: $SLURM_ARRAY_TASK_ID).",
+    ),
+    (
+        "num_shards",
+        "integer",
+        int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1)),
+        "Independent "
+        "workers the grid is split over (default: $SLURM_ARRAY_TASK_COUNT); each writes "
+        "OUT_DIR/shard-I-of-N; experiments.merge combines them.",
+    ),
 )
-BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "2", "4", "8"], "Batch sizes to sweep.")
-DTYPE = flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Weights and activations dtype.")
-PRECISION = flags.DEFINE_enum(
-    "precision",
-    "default",
-    list(PRECISIONS),
-    "Matmul precision (default runs fp32 as tf32/bf16 on GPU/TPU).",
-)
-OUT_DIR = flags.DEFINE_string("out_dir", "runs/sweep", "Results directory; a rerun resumes it.")
-SEED = flags.DEFINE_integer("seed", 0, "Seed of the random weights and inputs.")
-TARGET_SPREAD = flags.DEFINE_float(
-    "target_spread", _T.target_spread, "Stop repeating once IQR/median is below this."
-)
-TIME_BUDGET_S = flags.DEFINE_float(
-    "time_budget_s", _T.time_budget_s, "Stop repeating a point after this many seconds."
-)
-MIN_REPS = flags.DEFINE_integer("min_reps", _T.min_reps, "Timed calls per point, at least.")
-WARMUP_REPS = flags.DEFINE_integer("warmup_reps", _T.warmup_reps, "Untimed calls first.")
-WEIGHT_COPIES = flags.DEFINE_integer(
-    "weight_copies", 1, "Rotate this many copies of the weights so calls read cold weights."
-)
-CEILINGS = flags.DEFINE_enum(
-    "ceilings",
-    "auto",
-    list(config.CEILINGS),
-    "Peaks from the datasheet row (auto: when the device has one) or measured by calibration.",
-)
-RECALIBRATE = flags.DEFINE_bool(
-    "recalibrate",
-    False,
-    "Measure this machine's ceilings again instead of reusing OUT_DIR/calibration.json "
-    "(e.g. the first run shared the machine with other work).",
-)
-PEAK_FLOPS = flags.DEFINE_float("peak_flops", None, "Override the peak, in FLOP/s.")
-BANDWIDTH = flags.DEFINE_float("bandwidth", None, "Override the memory bandwidth, in B/s.")
-PREDICT_FOR = flags.DEFINE_list(
-    "predict_for", [], "Datasheet devices to predict for, e.g. t4,a100_80gb,h100_sxm."
-)
-FAMILY_MODULES = flags.DEFINE_list(
-    "family_modules", [], "Python modules to import that register more families."
-)
-RETRY_FAILED = flags.DEFINE_bool("retry_failed", False, "Measure failed points again.")
-ISOLATE = flags.DEFINE_bool(
-    "isolate",
-    True,
-    "Measure in a child process, so a crashing point is recorded as failed and the sweep goes on.",
-)
-EXPLAIN = flags.DEFINE_bool("explain", False, "Print the critical-batch derivation.")
-PROFILE_DIR = flags.DEFINE_string(
-    "profile_dir", None, "Write jax.profiler traces of the points at --profile_batches here."
-)
-PROFILE_BATCHES = flags.DEFINE_list(
-    "profile_batches", [], "Batch sizes to trace with --profile_dir; empty: every point."
-)
-COMPILATION_CACHE_DIR = flags.DEFINE_string(
-    "compilation_cache_dir", None, "Enable JAX's persistent compilation cache in this directory."
-)
+ENUMS = {"dtype": list(DTYPES), "precision": list(PRECISIONS), "ceilings": list(config.CEILINGS)}
 
-MESH = flags.DEFINE_string(
-    "mesh", "", "Device mesh, e.g. data:8 or data:2,expert:4; empty: one device."
-)
-DISTRIBUTED = flags.DEFINE_bool(
-    "distributed",
-    False,
-    "Join JAX's distributed runtime with what JAX detects (TPU pod, "
-    "SLURM); implied by --coordinator_address or --num_processes.",
-)
-COORDINATOR_ADDRESS = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0, for several processes."
-)
-NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
-PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process, 0..num_processes-1.")
-DISTRIBUTED_TIMEOUT_S = flags.DEFINE_integer(
-    "distributed_timeout_s", 60, "A dead process fails the others after this many seconds."
-)
-SHARD_INDEX = flags.DEFINE_integer(
-    "shard_index",
-    int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)),
-    "This worker's share of the grid (default: $SLURM_ARRAY_TASK_ID).",
-)
-NUM_SHARDS = flags.DEFINE_integer(
-    "num_shards",
-    int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1)),
-    "Independent workers the grid is split over (default: $SLURM_ARRAY_TASK_COUNT); "
-    "each writes OUT_DIR/shard-I-of-N; experiments.merge combines them.",
-)
 
-
-def _define_family_flags():
-    """One list flag per family parameter, so any parameter can be a sweep axis."""
-    defined = {}
+def family_flag_uses() -> dict[str, list[tuple[str, workloads.Param]]]:
+    """flag name -> (family, parameter) for every family that takes it."""
+    uses: dict[str, list] = {}
     for family in workloads.REGISTRY.values():
         for p in family.params:
-            if p.flag not in defined:
-                defined[p.flag] = flags.DEFINE_list(
-                    p.flag,
-                    None,
-                    f"[{family.name}] {p.help} Default {','.join(map(str, p.default))}.",
-                )
-    return defined
+            uses.setdefault(p.flag, []).append((family.name, p))
+    return uses
 
 
-FAMILY_FLAGS = _define_family_flags()
+def define(fv: flags.FlagValues = flags.FLAGS) -> types.SimpleNamespace:
+    """Defines the sweep's flags in `fv`; returns their holders by name, the family flags
+    under `.family`. A family flag several families share says what it means and its
+    default for each of them."""
+    holders = {}
+    for name, kind, default, help_ in GENERAL:
+        define_flag = getattr(flags, f"DEFINE_{kind}")
+        extra = {"enum_values": ENUMS[name]} if kind == "enum" else {}
+        holders[name] = define_flag(name=name, default=default, help=help_, flag_values=fv, **extra)
+    family = {}
+    for flag, fams in family_flag_uses().items():
+        by_meaning: dict[tuple, list[str]] = {}
+        for name, p in fams:
+            by_meaning.setdefault((p.help, p.default), []).append(name)
+        text = " ".join(
+            f"[{', '.join(names)}] {help_} Default {','.join(map(str, default))}."
+            for (help_, default), names in by_meaning.items()
+        )
+        family[flag] = flags.DEFINE_list(flag, None, text, flag_values=fv)
+    return types.SimpleNamespace(**holders, family=family, flag_values=fv)
 
 
-def sweep_config() -> config.SweepConfig:
+def _family_grid(f: types.SimpleNamespace) -> dict[str, list[str]]:
+    """The family flags given, refusing any that the chosen model does not take."""
+    model = f.model.value
+    mine = {p.flag for p in workloads.get(model).params}
+    for name, holder in f.family.items():
+        if holder.value and name not in mine:
+            owners = [n for n, _ in family_flag_uses().get(name, ())]
+            raise ConfigError(
+                f"--{name}: not a parameter of --model={model} (it belongs to "
+                f"{', '.join(owners) or 'a family not imported'}); {model} takes "
+                + ", ".join(f"--{flag}" for flag in sorted(mine))
+            )
+    return {name: h.value for name, h in f.family.items() if h.value}
+
+
+def sweep_config(f: types.SimpleNamespace) -> config.SweepConfig:
     """The validated config the flags describe; raises ConfigError."""
-    out_dir = OUT_DIR.value
-    if NUM_SHARDS.value > 1:
-        out_dir = os.path.join(out_dir, f"shard-{SHARD_INDEX.value}-of-{NUM_SHARDS.value}")
+    out_dir = f.out_dir.value
+    if f.num_shards.value > 1:
+        out_dir = os.path.join(out_dir, f"shard-{f.shard_index.value}-of-{f.num_shards.value}")
+    workloads.import_family_modules(f.family_modules.value)
     return config.build(
-        MODEL.value,
-        {name: flag.value for name, flag in FAMILY_FLAGS.items() if flag.value},
-        BATCH_SIZES.value,
+        f.model.value,
+        _family_grid(f),
+        f.batch_sizes.value,
         out_dir=out_dir,
-        numerics=config.Numerics(DTYPE.value, PRECISION.value),
+        numerics=config.Numerics(f.dtype.value, f.precision.value),
         timing=timing.TimingSpec(
-            target_spread=TARGET_SPREAD.value,
-            time_budget_s=TIME_BUDGET_S.value,
-            min_reps=MIN_REPS.value,
-            warmup_reps=WARMUP_REPS.value,
+            target_spread=f.target_spread.value,
+            time_budget_s=f.time_budget_s.value,
+            min_reps=f.min_reps.value,
+            warmup_reps=f.warmup_reps.value,
         ),
-        seed=SEED.value,
-        weight_copies=WEIGHT_COPIES.value,
-        ceilings=CEILINGS.value,
-        peak_flops=PEAK_FLOPS.value,
-        bandwidth=BANDWIDTH.value,
-        predict_for=tuple(PREDICT_FOR.value),
-        family_modules=tuple(FAMILY_MODULES.value),
-        retry_failed=RETRY_FAILED.value,
-        isolate=ISOLATE.value,
-        explain=EXPLAIN.value,
-        profile_dir=PROFILE_DIR.value,
-        profile_batches=tuple(PROFILE_BATCHES.value),
-        compilation_cache_dir=COMPILATION_CACHE_DIR.value,
-        mesh=distributed.parse_mesh(MESH.value),
-        distributed=DISTRIBUTED.value
-        or COORDINATOR_ADDRESS.value is not None
-        or NUM_PROCESSES.value is not None,
-        coordinator_address=COORDINATOR_ADDRESS.value,
-        num_processes=NUM_PROCESSES.value,
-        process_id=PROCESS_ID.value,
-        distributed_timeout_s=DISTRIBUTED_TIMEOUT_S.value,
-        shard_index=SHARD_INDEX.value,
-        num_shards=NUM_SHARDS.value,
+        seed=f.seed.value,
+        weight_copies=f.weight_copies.value,
+        ceilings=f.ceilings.value,
+        peak_flops=f.peak_flops.value,
+        bandwidth=f.bandwidth.value,
+        predict_for=tuple(f.predict_for.value),
+        config_name=f.config_name.value,
+        family_modules=tuple(f.family_modules.value),
+        retry_failed=f.retry_failed.value,
+        isolate=f.isolate.value,
+        explain=f.explain.value,
+        profile_dir=f.profile_dir.value,
+        profile_batches=tuple(f.profile_batches.value),
+        compilation_cache_dir=f.compilation_cache_dir.value,
+        mesh=distributed.parse_mesh(f.mesh.value),
+        distributed=f.distributed.value
+        or f.coordinator_address.value is not None
+        or f.num_processes.value is not None,
+        coordinator_address=f.coordinator_address.value,
+        num_processes=f.num_processes.value,
+        process_id=f.process_id.value,
+        distributed_timeout_s=f.distributed_timeout_s.value,
+        shard_index=f.shard_index.value,
+        num_shards=f.num_shards.value,
     )
 
 
-def resolved_flagfile() -> str:
-    """The flags of this module as a flagfile that re-runs the same sweep."""
-    lines = [
-        f.serialize()
-        for f in flags.FLAGS.get_flags_for_module(__name__)
-        if f.value is not None and f.serialize()
-    ]
-    return "# resolved flags; re-run with --flagfile=THIS_FILE\n" + "\n".join(sorted(lines)) + "\n"
+def parse(args: list[str]) -> config.SweepConfig:
+    """The config `python -m experiments.sweep ARGS` would build, parsed by absl into
+    flag values of their own; ConfigError for a bad flag."""
+    f = define(flags.FlagValues())
+    try:
+        f.flag_values(["sweep", *args])
+    except flags.Error as e:
+        raise ConfigError(str(e)) from None
+    return sweep_config(f)
+
+
+def resolved_flagfile(f: types.SimpleNamespace) -> str:
+    """The sweep's flags as a flagfile that re-runs the same sweep."""
+    holders = [h for name, h in vars(f).items() if name not in ("family", "flag_values")]
+    holders += list(f.family.values())
+    lines = [f.flag_values[h.name].serialize() for h in holders if h.value is not None]
+    return (
+        "# resolved flags; re-run with --flagfile=THIS_FILE\n"
+        + "\n".join(sorted(line for line in lines if line))
+        + "\n"
+    )

@@ -7,7 +7,8 @@ import os
 
 from absl import flags, logging
 
-from batchlab.moe import plots, train
+from batchlab import train
+from batchlab.moe import plots
 from experiments import cli
 
 _C = train.TrainConfig(out_dir="")

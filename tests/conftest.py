@@ -62,7 +62,77 @@ def smoke_dir(tmp_path_factory):
     """A finished in-process MLP sweep: 2 widths x 4 batches."""
     out = tmp_path_factory.mktemp("smoke")
     cfg = make_config(
-        out, grid={"depths": ["2"], "widths": ["32", "64"]}, batch_sizes=("1", "2", "4", "8")
+        out,
+        grid={"depths": ["2"], "widths": ["32", "64"]},
+        batch_sizes=("1", "2", "4", "8"),
+        predict_for=("t4",),
     )
     assert run_in_process(cfg) == 0
     return out
+
+
+def synthetic(
+    model,
+    params,
+    batch,
+    numerics,
+    ceilings,
+    seconds=None,
+    prov=None,
+    config_name="",
+    predict_for=(),
+    spread=0.01,
+    count=1000,
+):
+    """A record as the sweep writes it (its stored b* and datasheet predictions included)
+    for a point timed at `seconds`, or at its roofline lower bound when None."""
+    from batchlab import record, roofline, workloads
+    from batchlab.config import SweepConfig
+
+    family = workloads.get(model)
+    cfg = SweepConfig(
+        model=model,
+        grid={k: (v,) for k, v in params.items()},
+        batch_sizes=(batch,),
+        out_dir="",
+        numerics=numerics,
+        predict_for=tuple(predict_for),
+        config_name=config_name,
+    )
+    base = record.base(
+        pid=record.point_id(model, params, batch),
+        model=model,
+        params=params,
+        batch=batch,
+        numerics=numerics,
+        weight_copies=1,
+        fingerprint="test",
+        config_name=config_name,
+        provenance=dict(prov or {"backend": "cpu", "device_kind": "cpu", "host": "test"}),
+    )
+    cost = family.cost(params, batch, numerics)
+    pred = roofline.predict(cost, ceilings)
+    t = pred.lower_s if seconds is None else seconds
+    time = {
+        "median_s": t,
+        "min_s": t,
+        "mean_s": t,
+        "iqr_s": spread * t,
+        "count": count,
+        "spread": spread,
+        "unstable": False,
+    }
+    return record.measured(
+        base,
+        time=time,
+        compile_info={"lower_s": 0.0, "compile_s": 0.0},
+        cost=cost,
+        device_cost=cost,
+        xla={},
+        ceilings=ceilings,
+        empty_call_s=0.0,
+        prediction=pred,
+        **sweep.roofline_fields(cfg, params, batch, ceilings),
+        working_set={"bytes": cost.total_bytes, "fits_in": "memory"},
+        extra={},
+    )

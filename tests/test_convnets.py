@@ -1,4 +1,4 @@
-"""The conv families: shapes, parameter counts, analytic cost, numerics, configs, verdicts."""
+"""The conv families: shapes, parameter counts, analytic cost, numerics, configs."""
 
 import os
 import re
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from batchlab import config, results, summary, sweep, timing
+from batchlab import claims, config, results, summary, sweep, timing
 from batchlab.models.convnet import ConvStack, Pool
 from batchlab.models.resnet import ResNet50
 from batchlab.numerics import Numerics
@@ -297,78 +297,8 @@ def test_bad_input_is_one_clear_line(flagfile, args, flag, tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"error: {flag}"), out.stderr
 
 
-# Verdicts, from records built by hand.
-
-
-def record(model, params, batch, seconds, backend="cpu"):
-    """The fields of a results.jsonl record that verdicts read."""
-    return {
-        "status": "ok",
-        "model": model,
-        "params": params,
-        "dtype": "float32",
-        "precision": "default",
-        "batch": batch,
-        "time": {"median_s": seconds},
-        "time_per_example_s": seconds / batch,
-        "ceilings": CPU_CEILINGS,
-        "attained": {"fraction_of_bandwidth": 0.5},
-        "prediction": {"regime": "overhead" if seconds < 1e-5 else "bandwidth"},
-        "provenance": {"backend": backend},
-    }
-
-
-def test_resnet_verdicts():
-    point = {"image_size": 224, "layout": "NHWC"}
-    batches = (1, 2, 4, 8, 16, 32)
-    linear = resnet.verdicts([record("resnet50", point, b, 0.08 * b) for b in batches])
-    assert "time per example at b=32 over b=1: 1.00" in linear[0]
-    assert "slope of log time vs log batch 1.00" in linear[0] and "C1 holds" in linear[0]
-    flat = resnet.verdicts([record("resnet50", point, b, 0.08) for b in batches])
-    assert "over b=1: 0.03" in flat[0] and "C1 does not hold" in flat[0]
-    steep = resnet.verdicts([record("resnet50", point, b, 0.08 * b**1.2) for b in batches])
-    assert "over b=1: 2.00" in steep[0] and "C1 does not hold" in steep[0]  # 32^0.2 = 2
-    # On a CPU, C2 is a T4 prediction. In fp32 ResNet-50 is compute-bound on a T4 from
-    # b=1 (8.2 GFLOP / 8.1 TFLOP/s = 1.0 ms > ~0.2 GB / 320 GB/s = 0.7 ms): linear.
-    c2 = "\n".join(linear[1:])
-    assert "not tested" in c2 and "t(3)/t(1) 3.00" in c2 and "t(1) 1.016 ms" in c2
-    gpu = [record("resnet50", point, b, t, "gpu") for b, t in ((1, 1.0), (2, 1.05), (3, 1.1))]
-    assert "C2 holds" in resnet.verdicts(gpu)[1]
-    gpu = [record("resnet50", point, b, b, "gpu") for b in (1, 2, 3)]
-    assert "C2 does not hold" in resnet.verdicts(gpu)[1]
-
-
-def test_pooling_verdict_slope():
-    def records(time_of):
-        return [
-            record("pooling", pool_point(image_size=s), b, time_of(s, b))
-            for s in (28, 56, 112)
-            for b in (1, 4)
-        ]
-
-    linear = pooling.verdicts(records(lambda s, b: 1e-9 * s * s * b))
-    assert "b=1 1.00, b=4 1.00" in linear[0] and "C7 holds" in linear[1]
-    assert "50% of the bandwidth ceiling; 1 of 3 image sizes are overhead-bound" in linear[1]
-    # Time growing with the side, not the area: slope 0.5 against pixels.
-    sqrt = pooling.verdicts(records(lambda s, b: 1e-6 * s * b))
-    assert "at b=4: 0.50" in sqrt[1] and "C7 does not hold" in sqrt[1]
-
-
-def test_conv_verdict_knee_against_mlp():
-    point = conv_point(image_size=56, channels=64)
-    batches = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-    linear = conv_layer.verdicts([record("conv", point, b, 1e-3 * b) for b in batches])
-    # MLP 1x64 with bias on 100 GFLOP/s, 25 GB/s (R = 4, REFERENCE 2.2): FLOPs 8256·b,
-    # bytes 16640 + 512·b, so 8256·b = 4·(16640 + 512·b) at b* = 66560/6208 = 10.7.
-    assert "ridge 4.0 FLOP/B" in linear[0] and "compute-bound at b=1" in linear[0]
-    assert "MLP 1x64 on the same ceilings b* 10.7" in linear[0], linear[0]
-    assert "C6 holds" in linear[1]
-    late = conv_layer.verdicts([record("conv", point, b, 1e-3 * max(b, 64)) for b in batches])
-    assert "measured knee 64.0" in late[1] and "C6 does not hold" in late[1]
-
-
 def test_pooling_smoke_sweep_end_to_end(tmp_path):
-    """The smoke grid measured in process, then the summary with its C7 verdict."""
+    """The smoke grid measured in process, then the summary and its C7 lines."""
     cfg = config.build(
         "pooling",
         {"pools": ["max", "avg"], "image_sizes": ["16", "32"], "channels": ["8"]},
@@ -378,10 +308,12 @@ def test_pooling_smoke_sweep_end_to_end(tmp_path):
         peak_flops=100e9,
         bandwidth=25e9,
         isolate=False,
+        config_name="pooling",
     )
     sweep.init_out_dir(cfg, "# test\n")
     assert sweep.run(cfg, log=lambda line: None) == 0
     records = results.load(os.path.join(tmp_path, results.RESULTS))
     assert [r["status"] for r in records] == ["ok"] * 8
-    text = summary.table(records)
-    assert text.count("C7 pooling") == 2
+    assert summary.table(records).count("critical batch: n/a") == 4  # no weights to share
+    lines = claims.sweep_lines(records)
+    assert sum(line.startswith("C7 pooling") for line in lines) == 2  # max and avg

@@ -10,7 +10,7 @@ import time
 import pytest
 from conftest import ROOT, run_cli
 
-from batchlab import config, results
+from batchlab import config, record, results
 from batchlab.distributed import parse_mesh, shard_of
 from batchlab.errors import ConfigError
 
@@ -164,7 +164,7 @@ BAD = [
     (["--num_processes=2", "--process_id=2"], "--process_id=2: must be in 0..1"),
     (["--num_shards=2", "--shard_index=2"], "--shard_index=2: must be in 0..1"),
     (
-        ["--model=moe_layer", "--experts=6", "--mesh=expert:4", "--batch_sizes=4"],
+        ["--model=moe_layer", "--depths=", "--experts=6", "--mesh=expert:4", "--batch_sizes=4"],
         "--experts: 6 does not split over the mesh's expert axis of 4 devices",
     ),
 ]
@@ -226,9 +226,9 @@ def test_killed_worker_resumes_its_shard_with_no_point_lost_or_repeated(tmp_path
         out_dir=str(shard),
     )
     mine = sorted(
-        config.point_id("mlp", p, b)
+        record.point_id("mlp", p, b)
         for p, b in config.grid_points(cfg)
-        if shard_of(config.point_id("mlp", p, b), 2) == 0
+        if shard_of(record.point_id("mlp", p, b), 2) == 0
     )
     ids = [r["id"] for r in load(shard)]
     assert sorted(ids) == mine and len(ids) == len(set(ids))

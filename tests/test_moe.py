@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import make_config, run_cli, run_in_process
 
-from batchlab import results, summary, timing
+from batchlab import claims, results, timing
 from batchlab.models import decoder as dec
 from batchlab.models import moe as mm
 from batchlab.moe import cost as moecost
@@ -257,7 +257,9 @@ def test_auto_dispatch_is_measured_and_recorded():
 def test_sweep_records_balance_metrics_and_prints_the_verdicts(tmp_path):
     grid = {"widths": ["32"], "ffn_widths": ["48"], "experts": ["4"], "dispatches": ["slots"]}
     grid |= {"routers": ["token_choice", "expert_choice"]}
-    cfg = make_config(tmp_path, model="moe_layer", grid=grid, batch_sizes=("1",))
+    cfg = make_config(
+        tmp_path, model="moe_layer", grid=grid, batch_sizes=("1",), config_name="moe_layer"
+    )
     assert run_in_process(cfg) == 0
     records = results.load(str(tmp_path / results.RESULTS))
     assert [r["status"] for r in records] == ["ok"] * 2
@@ -267,9 +269,9 @@ def test_sweep_records_balance_metrics_and_prints_the_verdicts(tmp_path):
         assert r["metrics"]["dispatch"]["chosen"] == "slots"
     ec = [r for r in records if r["params"]["router"] == "expert_choice"]
     assert all(r["metrics"]["balance"][0]["max_vio_after"] == 0 for r in ec)
-    text = summary.table(records)
-    assert "C9 (token-choice gates" in text and "REFERENCE 2.7" in text
-    assert "b=1: 2.0 touched" in text  # top-2: two experts read for one token
+    text = "\n".join(claims.sweep_lines(records))
+    assert "C9 moe_layer top-k gate" in text and "C9 moe_layer expert_choice gate" in text
+    assert "REFERENCE 2.7" in text and "b=1: 2.0 touched" in text  # top-2: two experts read
 
 
 BAD = [
@@ -286,33 +288,3 @@ def test_bad_moe_input_gets_one_clear_line(args, flag, tmp_path):
     assert proc.stderr.startswith("error: ") and flag in proc.stderr
     assert proc.stderr.count("\n") == 1
     assert not (tmp_path / "o").exists()
-
-
-def _c9_record(router, cv, max_vio_after=0.3, tokens=256):
-    return {
-        "status": "ok",
-        "model": "moe_layer",
-        "batch": tokens,
-        "dtype": "float32",
-        "precision": "default",
-        "params": {"experts": 8, "top_k": 2, "router": router},
-        "metrics": {"tokens": tokens, "balance": [{"cv": cv, "max_vio_after": max_vio_after}]},
-    }
-
-
-def test_c9_verdict_from_balance_metrics():
-    from batchlab.moe import balance as bal
-    from batchlab.workloads import moe as moe_wl
-
-    uniform = bal.expected_uniform_cv(256, 2, 8)
-    biased, even, ec = (
-        moe_wl.c9([r])[0]
-        for r in (
-            _c9_record("token_choice", 3 * uniform),
-            _c9_record("token_choice", uniform),
-            _c9_record("expert_choice", 0.0, max_vio_after=0.0),
-        )
-    )
-    assert biased.status == "holds" and biased.numbers["uniform_cv"] == pytest.approx(uniform)
-    assert even.status == "does not hold here"
-    assert ec.status == "holds" and "balanced by construction" in ec.summary

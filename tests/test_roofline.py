@@ -1,11 +1,10 @@
-"""Roofline formulas, the knee fit and the datasheet table against hand calculations."""
+"""Roofline formulas and the datasheet table against hand calculations."""
 
 import math
 
-import numpy as np
 import pytest
 
-from batchlab import analysis, hardware, roofline
+from batchlab import hardware, roofline
 from batchlab.numerics import Numerics
 from batchlab.workloads import mlp
 from batchlab.workloads.base import Cost
@@ -84,23 +83,6 @@ def test_explain_prints_the_derivation_numbers():
     assert "216.7" in text  # R and b* for 2-byte weights
     assert "108.3" in text  # R/2 for 1-byte weights
     assert "8.1 TFLOP/s" in text
-
-
-@pytest.mark.parametrize("knee", [4.0, 24.0, 100.0])
-def test_fit_knee_recovers_a_synthetic_knee(knee):
-    b = 2.0 ** np.arange(0, 10)
-    rng = np.random.default_rng(0)
-    t = np.maximum(1.0, b / knee) * np.exp(rng.normal(0, 0.02, b.size))
-    fit = analysis.fit_knee(b, t)
-    assert fit.batch == pytest.approx(knee, rel=0.15)
-    assert fit.note == ""
-
-
-def test_fit_knee_says_when_the_knee_is_not_reached():
-    b = [1, 2, 4, 8]
-    assert analysis.fit_knee(b, [1.0, 1.0, 1.01, 0.99]).note.startswith("not reached")
-    assert analysis.fit_knee(b, [1.0, 2.0, 4.0, 8.0]).note.startswith("below")
-    assert analysis.fit_knee([1, 2], [1.0, 1.0]) is None
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from conftest import make_config, run_cli, run_in_process
 
-from batchlab import plotting, results, summary, sweep
-from batchlab.config import grid_points, point_id
+from batchlab import plotting, record, results, summary, sweep
+from batchlab.config import grid_points
 from batchlab.errors import ConfigError
+from batchlab.record import point_id
 
 
 def load(out_dir):
@@ -21,7 +22,7 @@ def test_one_record_per_point_with_provenance_and_prediction(smoke_dir):
     assert len(records) == 8 and all(r["status"] == "ok" for r in records)
     assert len({r["id"] for r in records}) == 8
     r = records[0]
-    assert r["schema"] == results.SCHEMA_VERSION
+    assert r["schema"] == record.SCHEMA_VERSION
     for key in (
         "batchlab",
         "jax",
@@ -174,7 +175,10 @@ def test_results_from_a_different_config_are_refused(smoke_dir):
 def test_config_round_trips_through_json(smoke_dir):
     saved = json.loads((smoke_dir / results.CONFIG).read_text())
     cfg = make_config(
-        smoke_dir, grid={"depths": ["2"], "widths": ["32", "64"]}, batch_sizes=("1", "2", "4", "8")
+        smoke_dir,
+        grid={"depths": ["2"], "widths": ["32", "64"]},
+        batch_sizes=("1", "2", "4", "8"),
+        predict_for=("t4",),
     )
     assert type(cfg).from_json(saved["config"]) == cfg
 
@@ -187,7 +191,7 @@ def test_plot_is_written(smoke_dir, tmp_path):
 
 
 def test_summary_table_lists_every_point_and_the_critical_batch(smoke_dir):
-    text = summary.table(load(smoke_dir), predict_for=("t4",))
+    text = summary.table(load(smoke_dir))
     assert text.count("width=32") >= 1 and text.count("width=64") >= 1
     assert text.count("critical batch: predicted") == 2
     assert "on NVIDIA T4" in text and "median |measured/predicted - 1|" in text

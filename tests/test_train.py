@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+from batchlab import train
 from batchlab.errors import ConfigError
-from batchlab.moe import plots, train
+from batchlab.moe import plots
 from batchlab.numerics import Numerics
 from batchlab.workloads import moe as wl
 

@@ -21,11 +21,11 @@ import os
 import jax
 import jax.numpy as jnp
 
-from batchlab import calibration, results, timing
+from batchlab import autotune, calibration, results, timing, train
 from batchlab.errors import ConfigError
 from batchlab.models import decoder as dec
 from batchlab.models import moe as mm
-from batchlab.moe import autotune, balance, dispatch, train
+from batchlab.moe import balance, dispatch
 from batchlab.moe import cost as moecost
 from batchlab.numerics import Numerics
 

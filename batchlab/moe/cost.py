@@ -14,9 +14,9 @@ capacity_factor. Over B tokens:
 
 import math
 
+from batchlab.cost import Cost
 from batchlab.moe import expert_parallel, routing
 from batchlab.numerics import Numerics
-from batchlab.workloads.base import Cost
 
 
 def expected_touched(experts: int, k: int, tokens: int) -> float:

@@ -8,8 +8,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from batchlab import results  # noqa: E402
-from batchlab.moe import compare, train  # noqa: E402
+from batchlab import (
+    results,  # noqa: E402
+    train,  # noqa: E402
+)
+from batchlab.moe import compare  # noqa: E402
 
 METRICS = (
     ("max_vio", "MaxVio (before capacity)"),

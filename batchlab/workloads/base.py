@@ -76,9 +76,6 @@ class Family:
     cost: Callable[[Point, int, Numerics], Cost]
     build: Callable[[Point, int, Numerics, Any], Workload]  # (point, batch, numerics, key)
     validate: Callable[[Point], None] = lambda point: None  # cross-parameter checks
-    # What the sweep says about the post's claims: lines computed from the successful
-    # records (dicts as in results.jsonl), e.g. "C1: time per example at b=32 ...".
-    verdicts: Callable[[list[dict]], list[str]] = lambda records: []
     batch_unit: str = "examples"
     plot_axes: tuple[str, ...] = ()  # parameters to plot time against, besides batch
     mesh_axes: tuple[str, ...] = ("data",)  # mesh axes the family can shard along

@@ -1,4 +1,4 @@
-"""Decoder families: one decode step ("decode") and a prompt ("prefill"), claim C8.
+"""Decoder families: one decode step ("decode") and a prompt ("prefill").
 
 Cost model (REFERENCE 2.4-2.5), per call, S new tokens per sequence attending over a
 cache of T entries, N layers: matmul FLOPs 2·b·S·(N·P_layer + V·D_unembedded);
@@ -9,13 +9,10 @@ outputs of every matmul plus fp32 logits.
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from batchlab import verdicts as vd
 from batchlab.errors import ConfigError
 from batchlab.models import decoder as dec
 from batchlab.numerics import Numerics
-from batchlab.verdicts import Verdict
 from batchlab.workloads.base import Cost, Family, Param, Point, Workload
 
 MODEL_PARAMS = (
@@ -183,123 +180,6 @@ def build_decode(point: Point, batch: int, numerics: Numerics, key) -> Workload:
     )
 
 
-def kv_bytes_per_token(point: Point, numerics: Numerics) -> float:
-    """K and V of one token over all layers: 2·N·G·K·s."""
-    k = point["width"] // point["heads"]
-    return 2 * point["depth"] * point["kv_heads"] * k * numerics.itemsize
-
-
-def crossover_context(point: Point, batch: int, numerics: Numerics) -> float:
-    """T× where the batch's KV reads equal the weight reads (REFERENCE 2.4, claim C8)."""
-    weights = cost(point, batch, 1, 1, 1, numerics).weight_bytes
-    return weights / (batch * kv_bytes_per_token(point, numerics))
-
-
-C8_HEADER = (
-    "C8 (with a KV cache 'the time taken by attention is minimal'): holds only while "
-    "b·T·kv_bytes << weight bytes (REFERENCE 2.4)."
-)
-MINIMAL_SHARE = 0.2  # C8: the KV cache's share of the step counts as "minimal" up to this
-
-
-def c8(records: list[dict]) -> list[Verdict]:
-    """C8 per decoder setup: the KV cache's share of the step, from time = t0 + slope·T
-    fitted per batch; minimal (<= MINIMAL_SHARE) everywhere holds, only at the shortest
-    context holds with a caveat (REFERENCE 2.4's limit), not even there does not hold."""
-    setups: dict[tuple, dict[int, list[dict]]] = {}
-    for r in records:
-        rest = tuple(sorted((k, v) for k, v in r["params"].items() if k != "context"))
-        per_batch = setups.setdefault((rest, r["dtype"], r["precision"]), {})
-        per_batch.setdefault(r["batch"], []).append(r)
-    return [_c8(setup, per_batch) for setup, per_batch in sorted(setups.items())]
-
-
-def _c8(setup: tuple, per_batch: dict[int, list[dict]]) -> Verdict:
-    rest, dtype, precision = setup
-    point, numerics = dict(rest), Numerics(dtype, precision)
-    subject = f"{dtype} " + " ".join(f"{k}={v}" for k, v in rest)
-    lines, shares, crossovers = [], [], {}  # shares: (share, batch, context)
-    for batch, rs in sorted(per_batch.items()):
-        rs = sorted(rs, key=lambda r: r["params"]["context"])
-        predicted = crossover_context(point | {"context": 0}, batch, numerics)
-        if len(rs) < 2:
-            lines.append(
-                f"  b={batch}: predicted crossover T× = {predicted:.0f}; sweep 2+ "
-                "--contexts to measure it"
-            )
-            continue
-        ctx = np.array([r["params"]["context"] for r in rs], float)
-        t = np.array([r["time"]["median_s"] for r in rs])
-        slope, intercept = np.polyfit(ctx, t, 1)
-        measured = intercept / slope if slope > 0 and intercept > 0 else float("inf")
-        crossovers[batch] = (measured, predicted)
-        for c in ctx:  # the KV share of the fitted step time, clamped to [0, 1]
-            fitted = intercept + max(slope, 0.0) * c
-            share = min(1.0, max(slope, 0.0) * c / fitted) if fitted > 0 else 1.0
-            shares.append((share, batch, int(c)))
-        added = ", ".join(
-            f"T={int(c)}: {100 * max(0.0, 1 - t[0] / tt):.0f}%" for c, tt in zip(ctx[1:], t[1:])
-        )
-        pred_share = ", ".join(
-            f"T={r['params']['context']}: "
-            f"{100 * r['cost']['state_bytes'] / r['cost']['total_bytes']:.0f}%"
-            for r in rs
-        )
-        lines.append(
-            f"  b={batch}: crossover T× measured {measured:.0f} (time linear in T: "
-            f"{intercept * 1e3:.3g} ms + {slope * 1e6:.3g} us/position), predicted "
-            f"{predicted:.0f}; measured share of the step added over T={int(ctx[0])}: "
-            f"{added}; predicted KV share of bytes: {pred_share}"
-        )
-    if not shares:
-        why = "needs 2 or more --contexts at some batch to fit the KV cache's share"
-        return Verdict("C8", vd.NOT_MEASURED, why, subject, {}, tuple(lines))
-    first = min(shares, key=lambda s: (s[1], s[2]))  # smallest batch, shortest context
-    worst = max(shares)
-    minimal = [s for s in shares if s[0] <= MINIMAL_SHARE]
-    b0 = min(crossovers)
-    numbers = {
-        "kv_share_shortest": first[0],
-        "kv_share_largest": worst[0],
-        "crossover_measured_b": b0,
-        "crossover_measured": crossovers[b0][0],
-        "crossover_predicted": crossovers[b0][1],
-    }
-    cross = (
-        f"crossover T× at b={b0} measured {crossovers[b0][0]:.0f}, "
-        f"predicted {crossovers[b0][1]:.0f}"
-    )
-    if first[0] > MINIMAL_SHARE:
-        return Verdict(
-            "C8",
-            vd.FAILS,
-            f"even at b={first[1]}, T={first[2]} the KV cache takes {100 * first[0]:.0f}% of the "
-            f"step (minimal: <= {100 * MINIMAL_SHARE:.0f}%); {cross}",
-            subject,
-            numbers,
-            tuple(lines),
-        )
-    caveats = vd.unstable_caveat([r for rs in per_batch.values() for r in rs])
-    if worst[0] > MINIMAL_SHARE:
-        longest = max(minimal, key=lambda s: (s[2], s[1]))
-        caveats.insert(
-            0,
-            f"only at short context: {100 * worst[0]:.0f}% of the step at b={worst[1]}, "
-            f"T={worst[2]} (<= {100 * MINIMAL_SHARE:.0f}% up to T={longest[2]} at "
-            f"b={longest[1]})",
-        )
-    text = (
-        f"the KV cache takes {100 * first[0]:.0f}% of the step at b={first[1]}, "
-        f"T={first[2]}; {cross}"
-    )
-    return vd.judged("C8", True, text, caveats, subject, numbers, lines)
-
-
-def decode_verdicts(records: list[dict]) -> list[str]:
-    """C8 per batch: KV share of the step and the crossover context, measured and predicted."""
-    return [C8_HEADER, *vd.lines(c8(records))]
-
-
 DECODE = Family(
     name="decode",
     description="one autoregressive decode step of a decoder-only transformer with a KV cache",
@@ -308,7 +188,6 @@ DECODE = Family(
     cost=decode_cost,
     build=build_decode,
     validate=validate_decode,
-    verdicts=decode_verdicts,
     batch_unit="sequences",
     plot_axes=("context",),
 )

@@ -1,5 +1,5 @@
 """MoE families: one MoE FFN layer ("moe_layer"), and the MoE decoder's decode step
-("moe_decode") and prefill ("moe_prefill"): claim C9 and REFERENCE 2.7.
+("moe_decode") and prefill ("moe_prefill") (REFERENCE 2.7, 5).
 
 Cost: batchlab.moe.cost (experts touched, then all experts read, then compute). The
 batch of moe_layer is tokens (one routing group); the decoders' group is batch·S tokens.
@@ -10,17 +10,14 @@ when it was chosen by measurement (--dispatches=auto).
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from batchlab import analysis, distributed, roofline
-from batchlab import verdicts as vd
+from batchlab import autotune, distributed, train
 from batchlab.errors import ConfigError
 from batchlab.models import decoder as dec
 from batchlab.models import moe as mm
-from batchlab.moe import autotune, balance, dispatch, expert_parallel, routing, train
+from batchlab.moe import balance, dispatch, expert_parallel, routing
 from batchlab.moe import cost as moecost
 from batchlab.numerics import Numerics
-from batchlab.verdicts import Verdict
 from batchlab.workloads import decoder as dec_wl
 from batchlab.workloads.base import Cost, Family, Param, Point, Workload
 
@@ -371,100 +368,6 @@ def build_prefill(point: Point, batch: int, numerics: Numerics, key) -> Workload
     )
 
 
-# ---- what the sweep says -------------------------------------------------------------------
-
-
-def _layer_mean(record: dict, name: str) -> float:
-    return float(np.mean([m[name] for m in record["metrics"]["balance"]]))
-
-
-BIASED = 1.5  # C9: a load CV this many times that of uniform random picks counts as biased
-
-
-def c9(records: list[dict]) -> list[Verdict]:
-    """C9 per series, from the largest group of tokens: token-choice loads are biased when
-    their CV exceeds BIASED x the CV of uniform random picks; expert choice must come out
-    balanced (MaxVio after routing 0), which is what it trades causality for."""
-    out = []
-    for key, rs in analysis.series(records).items():
-        rs = [r for r in rs if r.get("metrics", {}).get("balance")]
-        if not rs:
-            continue
-        p, big = dict(key[1]), rs[-1]
-        e, k, n = p["experts"], p["top_k"], big["metrics"]["tokens"]
-        cv, uniform = _layer_mean(big, "cv"), balance.expected_uniform_cv(n, k, e)
-        numbers = {
-            "tokens": n,
-            "cv": cv,
-            "uniform_cv": uniform,
-            "max_vio_after": _layer_mean(big, "max_vio_after"),
-        }
-        label = analysis.series_label(key)
-        if p["router"] == "expert_choice":
-            holds = numbers["max_vio_after"] <= 1e-6
-            summary = (
-                f"expert choice: MaxVio after routing {100 * numbers['max_vio_after']:+.0f}%"
-                f" at {n} tokens (balanced by construction)"
-            )
-        else:
-            holds = cv > BIASED * uniform
-            summary = (
-                f"{p['router']}: load CV {cv:.2f} at {n} tokens against {uniform:.2f} "
-                f"for uniform random picks ({'biased' if holds else 'not clearly biased'})"
-            )
-        out.append(vd.judged("C9", holds, summary, subject=label, numbers=numbers))
-    return out
-
-
-def verdicts(records: list[dict]) -> list[str]:
-    """C9 (are token-choice gates biased?) and REFERENCE 2.7's shape, per series."""
-    from batchlab import workloads  # here: the registry imports this module
-
-    c9 = [
-        "C9 (token-choice gates tend to be biased): load CV before capacity, against the CV "
-        "of uniform random picks sqrt((1-k/E)/(B·k/E)); expert choice is balanced by "
-        "construction (MaxVio after = 0)."
-    ]
-    shape = ["REFERENCE 2.7 (experts touched, then all E read, then compute near b*·E/k):"]
-    for key, rs in analysis.series(records).items():
-        rs = [r for r in rs if r.get("metrics", {}).get("balance")]
-        if not rs:
-            continue
-        label, p, big = analysis.series_label(key), dict(key[1]), rs[-1]
-        unit = workloads.get(key[0]).batch_unit
-        e, k, n = p["experts"], p["top_k"], big["metrics"]["tokens"]
-        cv, uniform = _layer_mean(big, "cv"), balance.expected_uniform_cv(n, k, e)
-        c9.append(
-            f"  {label}: at {n} tokens CV {cv:.2f} vs {uniform:.2f} uniform "
-            f"({'biased' if cv > 1.5 * uniform else 'not clearly biased'}); MaxVio "
-            f"{100 * _layer_mean(big, 'max_vio'):+.0f}% before capacity, "
-            f"{100 * _layer_mean(big, 'max_vio_after'):+.0f}% after; dropped "
-            f"{100 * _layer_mean(big, 'dropped_fraction'):.1f}%"
-        )
-        t1 = rs[0]["time"]["median_s"]
-        steps = ", ".join(
-            f"b={r['batch']}: {_layer_mean(r, 'experts_touched'):.1f} touched (uniform "
-            f"{moecost.expected_touched(e, k, r['metrics']['tokens']):.1f}), "
-            f"time {r['time']['median_s'] / t1:.2f}x"
-            for r in rs
-        )
-        ceilings = roofline.Ceilings(**big["ceilings"])
-        numeric = analysis.predicted_critical_batch(key, ceilings, with_activations=True)
-        closed = moecost.critical_batch_estimate(
-            ceilings.peak_flops, ceilings.bandwidth, p, Numerics(key[2], key[3])
-        )
-        knee = analysis.fit_knee([r["batch"] for r in rs], [r["time"]["median_s"] for r in rs])
-        chosen = "/".join(sorted({r["metrics"]["dispatch"]["chosen"] for r in rs}))
-        shape.append(
-            f"  {label}: {steps}; all {e} experts read from about "
-            f"{moecost.tokens_to_touch_all(e, k)} tokens; compute-bound near "
-            f"{closed:.0f} tokens (b*·E/(k·cf)), critical batch "
-            f"{'never' if numeric is None else f'{numeric:.1f}'} {unit} from the full cost model"
-            f"{'' if knee is None else f', measured knee {knee.batch:.1f}'}; dispatch {chosen}"
-        )
-    return c9 + shape
-
-
 LAYER = Family(
     name="moe_layer",
     description="one MoE FFN layer (router, dispatch, experts, combine) over a group of tokens",
@@ -472,7 +375,6 @@ LAYER = Family(
     cost=layer_cost,
     build=build_layer,
     validate=validate_layer,
-    verdicts=verdicts,
     batch_unit="tokens",
     mesh_axes=("data", expert_parallel.EXPERT),
     axis_params={expert_parallel.EXPERT: "experts"},
@@ -486,7 +388,6 @@ DECODE = Family(
     cost=decode_cost,
     build=build_decode,
     validate=validate_decode,
-    verdicts=verdicts,
     batch_unit="sequences",
 )
 
@@ -497,7 +398,6 @@ PREFILL = Family(
     cost=prefill_cost,
     build=build_prefill,
     validate=validate_prefill,
-    verdicts=verdicts,
     batch_unit="sequences",
     plot_axes=("prompt_len",),
 )

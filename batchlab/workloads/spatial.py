@@ -1,5 +1,5 @@
 """What the image families share: their parameters, layer shapes with analytic costs
-(REFERENCE 2.6), random weights, and the fits their verdicts use.
+(REFERENCE 2.6) and random weights.
 
 Cost conventions, for every conv family:
 - FLOPs count 2 per multiply-add, and every tap of a k x k window, padding included
@@ -163,8 +163,3 @@ def random_variables(abstract, key):
             v = 0.02 * z
         values.append(jax.device_put(v.astype(leaf.dtype)))
     return jax.tree_util.tree_unflatten(treedef, values)
-
-
-def log_slope(xs, ys) -> float:
-    """Least-squares slope of log y against log x: 1 means y grows in proportion to x."""
-    return float(np.polyfit(np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float)), 1)[0])

@@ -1,29 +1,17 @@
 """Results directories read for a report: found under the paths given, checked line by
-line (a bad line is skipped with a message naming its file and line), grouped by device."""
+line (a bad line is skipped with a message naming its file and line), grouped by device.
+
+Reading runs no code named by the results: a record of a family this process does not
+know keeps its stored fields, which are all a reader uses.
+"""
 
 import dataclasses
 import json
 import os
 
-from batchlab import results, workloads
-from batchlab.errors import ConfigError
-from batchlab.plotting import device_label
+from batchlab import hardware, record, results
 
 REPRODUCE = "reproduce.json"  # what experiments.reproduce ran and skipped, in its OUT_DIR
-# What the report reads from a successful record; a record without one is skipped.
-REQUIRED = {
-    "model": str,
-    "params": dict,
-    "batch": int,
-    "dtype": str,
-    "precision": str,
-    "time": dict,
-    "time_per_example_s": (int, float),
-    "cost": dict,
-    "ceilings": dict,
-    "prediction": dict,
-    "provenance": dict,
-}
 
 
 @dataclasses.dataclass
@@ -44,27 +32,35 @@ class Sources:
     runs: list[dict]  # reproduce.json files found at the top of the paths given
 
     def records(self) -> list[dict]:
-        """Every valid record, the last of each point per device (a later directory's
-        record of the same point on the same device supersedes an earlier one)."""
+        """Every valid record, the last of each point per config and device (a later
+        directory's record of the same point supersedes an earlier one)."""
         latest = {}
         for source in self.dirs:
             for r in source.records:
-                key = (device_label(r), r["id"], r["dtype"], r["precision"])
-                latest[key + (r.get("weight_copies", 1),)] = r
+                key = (
+                    r.get("kind", record.SWEEP),
+                    r.get("config_name", ""),
+                    record.device_label(r),
+                    r["id"],
+                    r.get("dtype"),
+                    r.get("precision"),
+                    r.get("weight_copies", 1),
+                )
+                latest[key] = r
         return list(latest.values())
 
     def by_device(self) -> dict[str, list[dict]]:
         """device label -> its records, in the order the devices were first seen."""
         out: dict[str, list[dict]] = {}
         for r in self.records():
-            out.setdefault(device_label(r), []).append(r)
+            out.setdefault(record.device_label(r), []).append(r)
         return out
 
     def calibration(self, device: str) -> dict:
         """The calibrations saved beside the records of `device`."""
         out = {}
         for source in self.dirs:
-            if any(device_label(r) == device for r in source.records):
+            if any(record.device_label(r) == device for r in source.records):
                 out |= source.calibration
         return out
 
@@ -87,24 +83,6 @@ def find_results_dirs(path: str, warn) -> list[str]:
     return found
 
 
-def _problem(record: dict) -> str | None:
-    """What makes a parsed record unusable for the report, or None."""
-    needed = REQUIRED if record["status"] == "ok" else {k: REQUIRED[k] for k in ("model",)}
-    for name, kind in needed.items():
-        if not isinstance(record.get(name), kind):
-            return f"record {record['id']} has no valid {name!r}"
-    if record["status"] == "ok":
-        t = record["time"].get("median_s")
-        if not isinstance(t, (int, float)) or t <= 0:
-            return f"record {record['id']} has no positive time.median_s"
-        if record["model"] not in workloads.REGISTRY:
-            return (
-                f"record {record['id']}: unknown model family {record['model']!r} "
-                "(its module is not importable here)"
-            )
-    return None
-
-
 def read_results(path: str, warn) -> list[dict]:
     """The usable records of a results.jsonl; each bad line is skipped and named."""
     records = []
@@ -113,15 +91,15 @@ def read_results(path: str, warn) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                record = results.check_line(line)
-            except results.MalformedResults as e:
+                r = record.parse(line)
+            except record.MalformedRecord as e:
                 warn(f"{path}:{n}: skipped: {e}")
                 continue
-            problem = _problem(record)
+            problem = record.problem(r)
             if problem:
                 warn(f"{path}:{n}: skipped: {problem}")
             else:
-                records.append(record)
+                records.append(r)
     return records
 
 
@@ -131,7 +109,7 @@ def _json(path: str, warn) -> dict:
     try:
         with open(path) as f:
             data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:
         warn(f"{path}: not read: {e}")
         return {}
     if not isinstance(data, dict):
@@ -140,10 +118,26 @@ def _json(path: str, warn) -> dict:
     return data
 
 
-def read(paths, warn) -> Sources:
+def _config_name(d: str, config: dict, runs: list[dict]) -> str:
+    """The named config of a results directory: config.json says so since schema 2; a
+    schema-1 directory of a reproduction is named after the seed config it ran."""
+    if config.get("config_name"):
+        return config["config_name"]
+    for run in runs:
+        name = os.path.basename(os.path.normpath(d))
+        same = os.path.normpath(os.path.join(run["path"], name)) == os.path.normpath(d)
+        if same and name in run.get("configs", {}):
+            return name
+    return ""
+
+
+def read(paths, warn, predict_for=()) -> Sources:
     """The results directories at or below `paths`, with the calibrations and reproduce
-    runs found there. Nothing raises: problems go to `warn` and are left out."""
+    runs found there. Schema-1 records are upgraded as they are read (record.upgrade_v1),
+    with datasheet predictions for the `predict_for` device keys. Nothing raises:
+    problems go to `warn` and are left out."""
     dirs, runs = [], []
+    targets = [(k, hardware.DATASHEET[k]) for k in predict_for]
     for path in paths:
         run = _json(os.path.join(path, REPRODUCE), warn)
         if run:
@@ -152,16 +146,14 @@ def read(paths, warn) -> Sources:
         top = _json(os.path.join(path, results.CALIBRATION), warn)
         for d in find_results_dirs(path, warn):
             config = _json(os.path.join(d, results.CONFIG), warn).get("config") or {}
-            try:
-                workloads.import_family_modules(config.get("family_modules", ()))
-            except ConfigError as e:
-                warn(f"{os.path.join(d, results.CONFIG)}: {e}")
+            config = config if isinstance(config, dict) else {}
             cal = top | _json(os.path.join(d, results.CALIBRATION), warn)
             # The last record of each point: a retried point supersedes its failure.
-            records = list(
+            recs = list(
                 results.latest_by_id(read_results(os.path.join(d, results.RESULTS), warn)).values()
             )
-            if not records:
+            record.upgrade_v1(recs, _config_name(d, config, runs), targets)
+            if not recs:
                 warn(f"{os.path.join(d, results.RESULTS)}: no usable records")
-            dirs.append(Source(d, records, cal, config))
+            dirs.append(Source(d, recs, cal, config))
     return Sources(dirs, runs)

@@ -6,18 +6,20 @@ import os
 
 import numpy as np
 
-from batchlab import analysis, hardware, plotting, roofline, sources, summary
-from batchlab import markdown as md
-from batchlab import verdicts as vd
+from batchlab import analysis, hardware, plotting, record, roofline
+from batchlab.claims import verdict as vd
 from batchlab.numerics import Numerics
+from batchlab.report import markdown as md
+from batchlab.report import sources
+from batchlab.timing import fmt_time
 
 
 def devices(read: sources.Sources, by_device: dict) -> str:
     """Per device: what it is, its ceilings measured and on the datasheet, the best the
     sweeps attained, the empty-call floor and compile times."""
-    out = ["## Devices"]
+    out = []
     for device, records in by_device.items():
-        ok = [r for r in records if r["status"] == "ok"]
+        ok = [r for r in records if record.is_point(r)]
         if not ok:
             continue
         prov = ok[0]["provenance"]
@@ -75,7 +77,7 @@ def devices(read: sources.Sources, by_device: dict) -> str:
             f"- best attained: {md.rate(attained(best_f, 'flops_per_s'), 'FLOP/s')} "
             f"(`{best_f['id']}`), {md.rate(attained(best_b, 'bytes_per_s'), 'B/s')} "
             f"(`{best_b['id']}`)",
-            f"- empty jitted call: {summary.fmt_time(float(np.median(floors)))}" if floors else "",
+            f"- empty jitted call: {fmt_time(float(np.median(floors)))}" if floors else "",
             _compile_line(ok),
         ]
         over = [r for r in ok if (r.get("attained") or {}).get("fraction_of_peak", 0) > 1]
@@ -110,7 +112,7 @@ def derivation(by_device: dict) -> str:
     """REFERENCE 2.3 for each measured device and dtype, then for a T4 in fp16."""
     blocks = []
     for device, records in by_device.items():
-        ok = [r for r in records if r["status"] == "ok"]
+        ok = [r for r in records if record.is_point(r)]
         for dtype, precision in dict.fromkeys((r["dtype"], r["precision"]) for r in ok):
             mine = [r for r in ok if (r["dtype"], r["precision"]) == (dtype, precision)]
             # The MLP's ceilings, if any: C5 compares its knee with them.
@@ -129,22 +131,24 @@ def derivation(by_device: dict) -> str:
         )
     )
     return (
-        '## C5: the "216 vs 108" derivation\n\nFor each device and dtype measured, then for '
-        "the post's T4 in fp16; activations at the post's width D = 1024.\n\n"
-        "```text\n" + "\n\n".join(blocks) + "\n```"
+        "For each device and dtype measured, then for the post's T4 in fp16; activations at "
+        "the post's width D = 1024.\n\n```text\n" + "\n\n".join(blocks) + "\n```"
     )
 
 
-def sweeps(out_dir: str, read: sources.Sources, warn) -> str:
-    """Per results directory: its plots, and each series' knee against its b*, with the
-    cache level its working set fitted in at the knee (REFERENCE 2.9)."""
-    out = ["## The sweeps"]
+def sweeps(out_dir: str, read: sources.Sources) -> str:
+    """Per results directory: its plots, and each series' knee against its stored b*,
+    with the cache level its working set fitted in at the knee (REFERENCE 2.9)."""
+    out = []
     for source in read.dirs:
-        ok = [r for r in source.records if r["status"] == "ok"]
-        kinds = ", ".join(dict.fromkeys(plotting.device_label(r) for r in ok))
+        ok = [r for r in source.records if record.is_point(r)]
+        kinds = ", ".join(dict.fromkeys(record.device_label(r) for r in ok))
+        name = source.records[0].get("config_name") if source.records else ""
         head = (
-            f"### `{md.rel(source.path, out_dir)}`\n\n{len(source.records)} points "
-            f"({len(source.records) - len(ok)} failed) on {kinds or '-'}."
+            f"### `{md.rel(source.path, out_dir)}`\n\n{len(source.records)} records "
+            f"({sum(r['status'] != 'ok' for r in source.records)} failed) on {kinds or '-'}"
+            + (f"; config `{name}`" if name else "")
+            + "."
         )
         plots = sorted(
             f for f in os.listdir(source.path) if f.startswith("plot") and f.endswith(".png")
@@ -152,11 +156,11 @@ def sweeps(out_dir: str, read: sources.Sources, warn) -> str:
         images = " ".join(f"![{p}]({md.rel(os.path.join(source.path, p), out_dir)})" for p in plots)
         groups = plotting.series_by_device(ok)
         rows = []
-        for model in dict.fromkeys(key[0] for key, _ in groups.values()):
-            mine = {label: kp for label, kp in groups.items() if kp[0][0] == model}
-            name = vd.short_subjects(mine)
-            rows += [[name[label], *_knee_row(*kp, warn)] for label, kp in mine.items()]
-        if len(groups) > 1 and len({key[0] for key, _ in groups.values()}) == 1:
+        for model in dict.fromkeys(key.model for key, _ in groups.values()):
+            mine = {label: kp for label, kp in groups.items() if kp[0].model == model}
+            short = vd.short_subjects(mine)
+            rows += [[short[label], *_knee_cells(points)] for label, (_, points) in mine.items()]
+        if len(groups) > 1 and len({key.model for key, _ in groups.values()}) == 1:
             head += f" Every series: {vd.common_words(groups)}."
         table = md.table(
             [
@@ -178,27 +182,21 @@ def _batch(b: float | None) -> str:
     return "<= 1" if b == 1.0 else roofline.fmt_batch(b)
 
 
-def _knee_row(key: tuple, points: list[dict], warn) -> list[str]:
-    """Predicted b*, measured knee, their ratio, and where the working set was at the knee."""
-    try:
-        return _knee_cells(key, points)
-    except Exception as e:  # a family whose cost fails here must not end the report
-        warn(f"{analysis.series_label(key)}: no knee row ({type(e).__name__}: {e})")
-        return ["-"] * 5
-
-
-def _knee_cells(key: tuple, points: list[dict]) -> list[str]:
-    ceilings = roofline.Ceilings(**points[-1]["ceilings"])
-    has_weights = points[0]["cost"].get("weight_bytes")
-    b_w = analysis.predicted_critical_batch(key, ceilings, with_activations=False)
-    b_a = analysis.predicted_critical_batch(key, ceilings, with_activations=True)
-    predicted = f"{_batch(b_w)} / {_batch(b_a)}" if has_weights else "n/a"
-    knee = analysis.fit_knee([r["batch"] for r in points], [r["time"]["median_s"] for r in points])
-    if knee is None:
-        return [predicted, "needs 3+ batches", "-", "-", "-"]
+def _knee_cells(points: list[dict]) -> list[str]:
+    """Stored b*, the knee test, their ratio, and where the working set was at the knee."""
+    last = points[-1]
+    if not last["cost"].get("weight_bytes"):
+        predicted = "n/a"
+    elif not record.has_b_star(last):
+        predicted = "not stored"
+    else:
+        predicted = f"{_batch(record.b_star(last, False))} / {_batch(record.b_star(last))}"
+    knee = analysis.fit_knee(*analysis.times(points))
+    if not knee.found:
+        return [predicted, knee.text(), "-", "-", "-"]
     at = min(points, key=lambda r: abs(np.log(r["batch"] / knee.batch)))
     ws = at.get("working_set", {})
     fits = f"{ws.get('fits_in', '?')} ({ws.get('bytes', 0) / 2**20:.3g} MiB at b={at['batch']})"
-    ratio = f"{knee.batch / b_a:.2f}" if has_weights and b_a and not knee.note else "-"
-    note = f" ({knee.note})" if knee.note else ""
-    return [predicted, f"{knee.batch:.1f}{note}", ratio, fits, at["prediction"]["regime"]]
+    b_a = record.b_star(last)
+    ratio = f"{knee.batch / b_a:.2f}" if b_a else "-"
+    return [predicted, f"{knee.batch:.1f}", ratio, fits, at["prediction"]["regime"]]
