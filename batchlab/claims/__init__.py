@@ -131,6 +131,14 @@ CLAIMS: dict[str, Claim] = {
 }
 
 
+FLAGFILES = {"train_router": "configs/moe/train_router.flags"}  # configs not in configs/seed
+
+
+def flagfile(config_name: str) -> str:
+    """The flagfile that runs a named config."""
+    return FLAGFILES.get(config_name, f"configs/seed/{config_name}.flags")
+
+
 def records_of(claim: Claim, records: list[dict]) -> list[dict]:
     """The successful records of the claim's seed configs and of those it reads."""
     names = set(claim.seeds) | set(claim.reads)
@@ -141,7 +149,7 @@ def judge(claim: Claim, records: list[dict]) -> tuple[Verdict, list[Verdict]]:
     """The claim judged on one device's records: (the device's verdict, one per series)."""
     mine = records_of(claim, records)
     if not any(r.get("config_name") in claim.seeds for r in mine):
-        seeds = ", ".join(f"configs/seed/{s}.flags" for s in claim.seeds)
+        seeds = ", ".join(flagfile(s) for s in claim.seeds)
         return Verdict(claim.id, vd.NOT_MEASURED, f"no results of {seeds}"), []
     parts = claim.judge(mine)
     return claim.combine(claim.id, parts), parts

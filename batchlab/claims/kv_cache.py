@@ -74,7 +74,7 @@ def _c8(setup: tuple, per_batch: dict[int, list[dict]]) -> Verdict:
     )
     lines, every, crossings, caveats = [], [], {}, []
     for batch, points in sorted(per_batch.items()):
-        good, _, left = vd.evidence("C8", subject, points, 2, "contexts")
+        good, _, left = vd.evidence("C8", subject, points, 2, "context")
         caveats += [f"b={batch}: {c}" for c in left]
         predicted = predicted_crossover(points[0])
         if len(good) < 2:

@@ -88,8 +88,8 @@ def c9(records: list[dict]) -> list[Verdict]:
         k = p.get("top_k") or int(round(sum(layers[0]["load_before"]) / tokens))
         trained = device == "trained"
         subject = (
-            f"trained router, {picks}" if trained else f"{config or model} {picks} gate"
-        ) + f" ({tokens} tokens, E={e}, k={k})"
+            f"trained router, {picks}," if trained else f"{config or model} {picks} gate"
+        ) + f" tokens={tokens} E={e} k={k}"
         if picks == "expert_choice":
             vio = _mean(layers, "max_vio_after")
             text = f"expert choice: MaxVio after routing {100 * vio:+.0f}% (balanced: 0)"

@@ -44,7 +44,7 @@ def _c7(setup: tuple, per_batch: dict[int, list[dict]]) -> Verdict:
     subject = "pooling " + " ".join(f"{k}={v}" for k, v in rest) + f" {dtype}"
     judged, skipped, caveats, lines = {}, [], [], []
     for batch, points in sorted(per_batch.items()):
-        good, _, left = vd.evidence("C7", subject, points, 2, "image sizes")
+        good, _, left = vd.evidence("C7", subject, points, 2, "image_size")
         caveats += [f"b={batch}: {c}" for c in left]
         if len(good) < 2:
             skipped.append(f"b={batch}: fewer than 2 image sizes timed within ±10%")

@@ -68,7 +68,7 @@ def measured_or_predicted(points: list[dict]) -> str:
 
 
 def evidence(
-    claim: str, subject: str, points: list[dict], needed: int, what: str = "points"
+    claim: str, subject: str, points: list[dict], needed: int, axis: str = "batch"
 ) -> tuple[list[dict], Verdict | None, list[str]]:
     """The points a verdict may rest on: (usable points, a NOT_ENOUGH verdict when fewer
     than `needed` are usable, caveats naming what was left out).
@@ -80,13 +80,15 @@ def evidence(
     good, noisy = analysis.usable(points)
     if len(good) < needed:
         why = (
-            f"{len(good)} of {len(points)} {what} have their median known within "
+            f"{len(good)} of {len(points)} points have their median known within "
             f"±{100 * analysis.MAX_MEDIAN_ERROR:.0f}%; the verdict needs {needed}"
         )
         return good, Verdict(claim, NOT_ENOUGH, why, subject), []
     caveats = []
     if noisy:
-        left = ", ".join(f"b={r['batch']}" for r in noisy[:4]) + (" ..." if len(noisy) > 4 else "")
+        name = {"batch": "b", "context": "T"}.get(axis, axis)
+        left = ", ".join(f"{name}={record.x_value(r, axis)}" for r in noisy[:4])
+        left += " ..." if len(noisy) > 4 else ""
         caveats.append(
             f"{len(noisy)} of {len(points)} points left out ({left}): their median is not "
             f"known within ±{100 * analysis.MAX_MEDIAN_ERROR:.0f}%"

@@ -172,7 +172,7 @@ def _plot(config: ReportConfig, claim: claims.Claim, read, warn) -> str:
 def _claim(
     config: ReportConfig, claim: claims.Claim, per_device: dict, plot: str, read, warn
 ) -> str:
-    seeds = ", ".join(f"`configs/seed/{s}.flags`" for s in claim.seeds)
+    seeds = ", ".join(f"`{claims.flagfile(s)}`" for s in claim.seeds)
     out = [
         f'<a id="{claim.id.lower()}"></a>\n### {claim.id}: {claim.text}',
         f"Where it can be tested: {claim.where}. Judged on: {seeds}"
@@ -225,7 +225,7 @@ def _predictions(config: ReportConfig, claim: claims.Claim, read, warn) -> str:
     for device, records in read.by_device().items():
         v, _ = _judge(claim, record.as_predicted_all(records), warn)
         if v.status != vd.NOT_MEASURED:
-            rows.append([f"{device} (its ceilings, empty-call floor)", _status(v.status), v.text])
+            rows.append([f"{device}: its ceilings, empty-call floor", _status(v.status), v.text])
     every = claims.records_of(claim, read.records())
     dtypes = {r["dtype"] for r in every}
     for target in record.targets(every):
@@ -244,7 +244,7 @@ def _predictions(config: ReportConfig, claim: claims.Claim, read, warn) -> str:
     return (
         "Predicted by the roofline (lower bound max(FLOPs/P, bytes/BW), plus the empty-call "
         "floor where it was measured; datasheet devices have no overhead roof):\n\n"
-        + md.table(["device", "predicted verdict", "why"], rows)
+        + md.table(["predicted for", "predicted verdict", "why"], rows)
     )
 
 
