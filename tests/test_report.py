@@ -194,6 +194,15 @@ def test_c3_and_c5_on_an_h100_have_no_knee_inside_the_batches():
     assert c5.status == vd.FAILS and c5.numbers["knee"] is None
 
 
+@pytest.mark.parametrize("cid", sorted(CASES))
+def test_no_predicted_verdict_says_measured(cid):
+    good = CASES[cid][0]()
+    for predicted in (record.as_predicted_all(good), _on_target(good, "t4|float32|default")):
+        verdict, parts = claims.judge(claims.CLAIMS[cid], predicted)
+        for v in (verdict, *parts):
+            assert "measured" not in v.text + " ".join(v.lines), v.text
+
+
 def test_predicted_rows_say_predicted_never_measured():
     rs = records("resnet50", knee_at(4), (1, 2, 3, 4, 8, 16), prov=A100)
     assert "measured on NVIDIA A100" in claims.judge(claims.CLAIMS["C2"], rs)[0].text

@@ -66,5 +66,5 @@ def _c6(key: SeriesKey, points: list[dict], mlps: dict) -> Verdict:
         f"{ridge:.1f} ({bound}-bound: its weights are reused {reuse}); batching {span} "
         f"saves {g:.2f}x per example (little: <= {NO_GAIN:g}x)"
     )
-    caveats.append("no MLP of its width measured on this device; judged by intensity")
+    caveats.append("no MLP of its width in these results on this device; judged by intensity")
     return vd.judged("C6", bound == "compute" and g <= NO_GAIN, text, caveats, label, numbers)

@@ -54,7 +54,7 @@ def crossover(points: list[dict], found) -> tuple[float, str]:
     where = "beyond" if end is found[-1] else "below"
     if slope <= 0 or fixed <= 0:
         return math.inf, f"{where} T={a}..{b} (no positive slope there)"
-    return fixed / slope, f"{where} the contexts measured, extrapolated from T={a}..{b}"
+    return fixed / slope, f"{where} the contexts timed, extrapolated from T={a}..{b}"
 
 
 def c8(records: list[dict]) -> list[Verdict]:
@@ -89,7 +89,7 @@ def _c8(setup: tuple, per_batch: dict[int, list[dict]]) -> Verdict:
         lines.append(
             f"  b={batch}: KV share "
             + ", ".join(f"T={c}: {100 * s:.0f}%" for c, s, _, _ in found)
-            + f"; crossover T× measured {t_x:.0f} ({where}), predicted {predicted:.0f}"
+            + f"; crossover T× {t_x:.0f} ({where}), from the bytes {predicted:.0f}"
         )
     if not every:
         why = "needs 2 or more --contexts at some batch, timed within ±10%"
@@ -105,7 +105,11 @@ def _c8(setup: tuple, per_batch: dict[int, list[dict]]) -> Verdict:
         "crossover_measured": t_x,
         "crossover_predicted": predicted,
     }
-    cross = f"crossover T× at b={b0} measured {t_x:.0f} ({where}), predicted {predicted:.0f}"
+    how = vd.measured_or_predicted(per_batch[b0])
+    cross = (
+        f"crossover T× at b={b0} {how} {t_x:.0f} ({where}); weight bytes / KV bytes per "
+        f"token give {predicted:.0f}"
+    )
     at = f"b={first[1]}, T={first[2]} (slope from T={first[3][0]}..{first[3][1]})"
     if first[0] > MINIMAL_SHARE:
         why = (
