@@ -189,9 +189,11 @@ def prediction_entry(
     cost: Cost,
     ceilings: roofline.Ceilings,
     critical: dict,
+    fits_in: str,
 ) -> dict:
     """What the roofline predicts for this point on a datasheet device (no overhead roof:
-    a datasheet gives none), stored so readers need no cost model."""
+    a datasheet gives none), stored so readers need no cost model. `fits_in`: the cache
+    level of that device the working set fits in (REFERENCE 2.9)."""
     pred = roofline.predict(cost, ceilings)
     return {
         "device_kind": device_name,
@@ -202,6 +204,7 @@ def prediction_entry(
         "ceilings": ceilings.as_dict(),
         "prediction": pred.as_dict(),
         "critical_batch": critical,
+        "fits_in": fits_in,
     }
 
 
@@ -305,6 +308,7 @@ def on_datasheet(r: dict, key: str) -> dict | None:
         empty_call_s=0.0,
         provenance=prov,
         predicted={},
+        working_set=dict(r.get("working_set") or {}, fits_in=entry.get("fits_in", "?")),
     )
 
 
@@ -392,9 +396,17 @@ def upgrade_v1(records: list[dict], config_name: str, targets: list[tuple[str, A
             if own is not None:
                 r["critical_batch"] = own
             r["predicted"] = {
-                k: prediction_entry(spec.name, spec.kind, numerics, cost, c, crit or {})
+                k: prediction_entry(
+                    spec.name, spec.kind, numerics, cost, c, crit or {}, _fits(r, spec)
+                )
                 for k, (spec, c, crit) in sheet.items()
             }
+
+
+def _fits(r: dict, spec) -> str:
+    """The cache level of a datasheet device that r's working set fits in."""
+    ws = (r.get("working_set") or {}).get("bytes", r["cost"]["total_bytes"])
+    return hardware.fits_in(ws, hardware.cache_levels(spec.kind, spec))
 
 
 def _derived_b_star(batches, costs, ceilings) -> dict | None:

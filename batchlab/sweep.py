@@ -192,13 +192,16 @@ def roofline_fields(config: SweepConfig, point: dict, batch: int, ceilings) -> d
     for key, numerics in config.prediction_targets():
         spec = hardware.DATASHEET[key]
         sheet = hardware.datasheet_ceilings(spec, numerics)
+        cost = cost_at(numerics)(batch)
+        cycled = cost.total_bytes + cost.weight_bytes * (config.weight_copies - 1)
         predicted[record.target_key(key, numerics)] = record.prediction_entry(
             spec.name,
             spec.kind,
             numerics,
-            cost_at(numerics)(batch),
+            cost,
             sheet,
             record.critical_batches(cost_at(numerics), sheet),
+            hardware.fits_in(cycled, hardware.cache_levels(spec.kind, spec)),
         )
     return {
         "critical_batch": record.critical_batches(cost_at(config.numerics), ceilings),

@@ -187,6 +187,9 @@ def test_c3_and_c5_on_an_h100_have_no_knee_inside_the_batches():
     rs = records("mlp", knee_at(16), BATCHES, POST_MLP)
     h100 = _on_target(rs, "h100_sxm|float32|default")
     assert record.b_star(h100[0]) == pytest.approx(697, rel=0.01)
+    # 33.6 MB of weights fit an H100's 50 MB L2 (REFERENCE 2.9), not a T4's 4 MB.
+    assert h100[0]["working_set"]["fits_in"] == "L2"
+    assert _on_target(rs, "t4|float32|default")[0]["working_set"]["fits_in"] == "memory"
     c3, _ = claims.judge(claims.CLAIMS["C3"], h100)
     assert c3.status == vd.FAILS and "no knee inside b=1..512" in c3.summary
     assert "lies beyond the batches" in c3.summary and "221" not in c3.summary
