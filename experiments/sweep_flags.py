@@ -13,6 +13,7 @@ from absl import flags
 from batchlab import config, distributed, timing, workloads
 from batchlab.errors import ConfigError
 from batchlab.numerics import DTYPES, PRECISIONS
+from experiments import cli
 
 _T = timing.TimingSpec()
 
@@ -114,14 +115,14 @@ GENERAL = (
         "shard_index",
         "integer",
         int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)),
-        "This worker's share of the grid (default: $SLURM_ARRAY_TASK_ID).",
+        "This worker's share of the grid ($SLURM_ARRAY_TASK_ID when set).",
     ),
     (
         "num_shards",
         "integer",
         int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1)),
         "Independent "
-        "workers the grid is split over (default: $SLURM_ARRAY_TASK_COUNT); each writes "
+        "workers the grid is split over ($SLURM_ARRAY_TASK_COUNT when set); each writes "
         "OUT_DIR/shard-I-of-N; experiments.merge combines them.",
     ),
 )
@@ -157,6 +158,22 @@ def define(fv: flags.FlagValues = flags.FLAGS) -> types.SimpleNamespace:
         )
         family[flag] = flags.DEFINE_list(flag, None, text, flag_values=fv)
     return types.SimpleNamespace(**holders, family=family, flag_values=fv)
+
+
+def help_groups(fv: flags.FlagValues) -> list[tuple[str, list[str]]]:
+    """What --help shows of these flags (experiments.cli asks): the general ones, then one
+    group per family with that family's own defaults, choices and minimum."""
+    title = "sweep flags (then each family's; a flag --model does not take is an error):"
+    groups = [(title, [cli.flag_entry(fv[name]) for name, *_ in GENERAL if name in fv])]
+    for family in workloads.REGISTRY.values():
+        entries = [
+            cli.entry(p.flag, p.help, p.default, choices=p.choices, minimum=p.minimum)
+            for p in family.params
+            if p.flag in fv
+        ]
+        if entries:
+            groups.append((f"family {family.name}: {family.description}", entries))
+    return groups
 
 
 def _family_grid(f: types.SimpleNamespace) -> dict[str, list[str]]:

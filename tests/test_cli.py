@@ -1,4 +1,5 @@
-"""The command line: shipped flagfiles dry-run, bad input fails cleanly, flags re-run."""
+"""The command line: shipped flagfiles dry-run, bad input fails cleanly, flags re-run, --help
+shows each script's flags."""
 
 import glob
 import os
@@ -116,3 +117,46 @@ def test_different_config_in_out_dir_is_refused_and_nothing_overwritten(tmp_path
 def test_plot_command(tmp_path):
     proc = run_cli(str(tmp_path), module="experiments.plot")
     assert proc.returncode == 2 and "no results.jsonl" in proc.stderr
+
+
+def _help_entry(text, group, flag):
+    """The lines of `flag` in the --help group whose title starts with `group`, joined."""
+    block = next(b for b in text.split("\n\n") if b.startswith(group))
+    entries = re.split(r"\n(?=  --)", block)
+    found = [e for e in entries if e.lstrip().startswith(f"--{flag}:")]
+    assert len(found) == 1, block
+    return " ".join(found[0].split())
+
+
+def test_sweep_help_groups_flags_by_family():
+    proc = run_cli("--help")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert text.startswith("Times a model over batch sizes")
+    assert "(default: 512; at least 1)" in _help_entry(text, "family decode:", "widths")
+    assert "(default: 1024; at least 1)" in _help_entry(text, "family mlp:", "widths")
+    assert "one of gated, plain" in _help_entry(text, "family decode:", "ffn_kinds")
+    assert "default: 1,2,4,8" in _help_entry(text, "sweep flags", "batch_sizes")
+    assert "(default: false)" in _help_entry(text, "flags:", "[no]dry_run")
+    assert "--xla_" not in text and "--verbosity" not in text  # JAX's and absl's: --helpfull
+
+
+# Each entry point, with a line of its usage and one of its own flags (merge and plot
+# have none). Beside the help flag sits one absl would refuse: help is read first.
+ENTRY_POINTS = [
+    ("experiments.sweep", "-h", "--[no]dry_run:"),
+    ("experiments.plot", "--helpshort", "python -m experiments.plot RESULTS_DIR"),
+    ("experiments.report", "--help", "--predict_for:"),
+    ("experiments.merge", "-h", "python -m experiments.merge OUT_DIR"),
+    ("experiments.reproduce", "--helpshort", "--budget:"),
+    ("experiments.routing", "--help", "--routers:"),
+    ("experiments.train_router", "-h", "--methods:"),
+]
+
+
+@pytest.mark.parametrize("module,help_flag,shows", ENTRY_POINTS, ids=[m for m, *_ in ENTRY_POINTS])
+def test_every_entry_point_has_help(module, help_flag, shows):
+    proc = run_cli("--no_such_flag=1", help_flag, module=module)
+    assert proc.returncode == 0, proc.stderr
+    assert shows in proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout
