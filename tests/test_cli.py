@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_cli
 
+from experiments import sweep_flags
+
 FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.flags"), recursive=True))
 
 
@@ -117,6 +119,33 @@ def test_different_config_in_out_dir_is_refused_and_nothing_overwritten(tmp_path
 def test_plot_command(tmp_path):
     proc = run_cli(str(tmp_path), module="experiments.plot")
     assert proc.returncode == 2 and "no results.jsonl" in proc.stderr
+
+
+def _refusal_args(tmp_path, where):
+    if where == "command line":
+        return ["--model=decode", "--image_sizes=32"]
+    flagfile = tmp_path / "decode.flags"
+    flagfile.write_text("--model=decode\n--image_sizes=32\n")
+    return [f"--flagfile={flagfile}"]
+
+
+@pytest.mark.parametrize("where", ["command line", "flagfile"])
+def test_flag_of_a_family_not_swept_is_refused(where, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli(*_refusal_args(tmp_path, where), f"--out_dir={out}", "--noplot")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --image_sizes"), proc.stderr
+    assert "decode takes --contexts" in lines[0]
+    assert not os.path.exists(out)
+
+
+def test_a_family_flag_emptied_is_not_given(monkeypatch):
+    """The smoke flagfile sets the MLP's --depths; moe_layer has none, and `--depths=` clears it."""
+    monkeypatch.chdir(ROOT)  # the flagfile names configs/base.flags from the root
+    cfg = sweep_flags.parse(["--flagfile=configs/smoke.flags", "--model=moe_layer", "--depths="])
+    assert cfg.model == "moe_layer" and cfg.grid["width"] == (64,) and "depth" not in cfg.grid
 
 
 def _help_entry(text, group, flag):
