@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_cli
 
+from batchlab import results
 from experiments import sweep_flags
 
 FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.flags"), recursive=True))
@@ -146,6 +147,26 @@ def test_a_family_flag_emptied_is_not_given(monkeypatch):
     monkeypatch.chdir(ROOT)  # the flagfile names configs/base.flags from the root
     cfg = sweep_flags.parse(["--flagfile=configs/smoke.flags", "--model=moe_layer", "--depths="])
     assert cfg.model == "moe_layer" and cfg.grid["width"] == (64,) and "depth" not in cfg.grid
+
+
+def test_supervised_records_carry_the_command_typed(tmp_path):
+    """The measuring child records its parent's argv, not `python -m batchlab.worker JOB`."""
+    out = tmp_path / "run"
+    proc = run_cli(
+        "--flagfile=configs/smoke.flags",
+        f"--out_dir={out}",
+        "--peak_flops=1e11",
+        "--bandwidth=1e10",
+        "--noplot",
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = results.load(str(out / results.RESULTS))
+    assert records
+    for r in records:
+        argv = r["provenance"]["argv"]
+        assert argv[0].endswith(os.path.join("experiments", "sweep.py")), argv
+        assert "--flagfile=configs/smoke.flags" in argv
+        assert not any("worker.py" in a or "batchlab-job-" in a for a in argv), argv
 
 
 def _help_entry(text, group, flag):
