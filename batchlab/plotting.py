@@ -1,14 +1,35 @@
-"""Plots drawn from results files only: time against batch, or against another axis."""
+"""Plots drawn from results files only: time against batch, or against another axis.
+
+Each line is labelled by what tells it from the other lines drawn (the parameters that
+differ; the config where two configs measured the same setup); what all lines share is
+one wrapped line under the title; the legend sits below the panels, never on them. Each
+model gets its own panels, and so do groups of its series when they are too many for
+one; several devices get a marker each, or a panel each.
+"""
 
 import os
+import textwrap
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import LogFormatter, NullLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from batchlab import analysis, record, results, workloads
+from batchlab.record import NO_CONFIG, SeriesKey, x_value
 
-from batchlab import analysis, record, results, workloads  # noqa: E402
-from batchlab.record import device_label, x_value  # noqa: E402
+WRAP = 40  # characters a legend label wraps at, so one long label cannot widen the legend
+MARKERS = "os^Dvp"  # one per device
+MAX_LINES = 8  # a model's series in one panel; more are split across panels
+MAX_PANELS = 6  # ... unless that takes more panels than this
+FONT = 8  # points: legend and subtitle
+CHAR_EM = 0.62  # a character's width in ems, a little over DejaVu Sans' average
+PANEL_W, PANEL_H = 6.0, 3.4  # inches per panel
+KNEE = dict(marker="o", ms=11, mfc="none", mew=1.4, ls="none")  # a ring round the curve
+B_STAR = dict(marker="*", ms=10, ls="none", mec="black", mew=0.5)
+ROOFLINE = dict(ls="--", lw=1.2, alpha=0.7)
 
 
 def series_by_device(records: list[dict], x: str = "batch") -> dict[str, tuple]:
@@ -23,81 +44,286 @@ def series_by_device(records: list[dict], x: str = "batch") -> dict[str, tuple]:
     }
 
 
-def plot_records(
-    records: list[dict], path: str, x: str = "batch", title: str = "", short_labels: bool = False
-) -> str:
-    """Measured (solid) against the roofline (dashed) on log2 x, one line per series (and
-    per device, when the records come from several).
+# ---- what tells the lines apart ------------------------------------------------------------
 
-    Against batch, a second panel shows time per example, and vertical marks show the
-    predicted critical batch (dashed) and the fitted knee (dotted). With `short_labels`,
-    the words every label shares leave the legend for a line above the plot.
+
+def _fields(key: SeriesKey) -> dict[str, str]:
+    """What a series is, one readable word per field (its model and device apart)."""
+    out = {n: f"{n}={v if v != '' else repr('')}" for n, v in key.params}
+    out["numerics"] = key.dtype + ("" if key.precision == "default" else f"/{key.precision}")
+    if key.weight_copies > 1:
+        out["copies"] = f"copies={key.weight_copies}"
+    if key.config != NO_CONFIG:
+        out["config"] = f"config={key.config}"
+    return out
+
+
+def _shared(keys: list[SeriesKey]) -> dict[str, str]:
+    """The fields every key has, with the same value."""
+    fields = [_fields(k) for k in keys]
+    return {n: w for n, w in fields[0].items() if all(f.get(n) == w for f in fields[1:])}
+
+
+def labels(keys: list[SeriesKey]) -> dict[SeriesKey, str]:
+    """Each key's words that differ between `keys` (model and device left out: they get
+    a panel and a marker); the config only where two configs measured the same setup."""
+    shared = _shared(keys)
+    setups = [(k.model, k.params, k.dtype, k.precision, k.device) for k in keys]
+    config_needed = len(set(setups)) < len(setups)
+    out = {}
+    for key in keys:
+        words = [
+            w
+            for n, w in _fields(key).items()
+            if n not in shared and (n != "config" or config_needed)
+        ]
+        out[key] = textwrap.fill(" ".join(words), WRAP)
+    return out
+
+
+def _facets(keys: list[SeriesKey]) -> list[list[SeriesKey]]:
+    """One model's series, split into panels when they are more than MAX_LINES: by
+    device first, then by the fields with fewest values, as long as that takes at most
+    MAX_PANELS panels and leaves a field that tells the lines of a panel apart."""
+    fields = [_fields(k) | {"device": k.device} for k in keys]
+    names = dict.fromkeys(n for f in fields for n in f)
+    count = {n: len({f.get(n) for f in fields}) for n in names}
+    differing = sorted((n for n in names if count[n] > 1), key=lambda n: (n != "device", count[n]))
+
+    def split(by: list[str]) -> list[list[SeriesKey]]:
+        panels: dict[tuple, list[SeriesKey]] = {}
+        for key, f in zip(keys, fields):
+            panels.setdefault(tuple(f.get(n) for n in by), []).append(key)
+        return list(panels.values())
+
+    by: list[str] = []
+    for name in differing[:-1]:  # the last one stays a colour
+        if max(map(len, split(by))) <= MAX_LINES or len(split([*by, name])) > MAX_PANELS:
+            break
+        by.append(name)
+    return split(by)
+
+
+def _wrap(text: str, width_in: float, size: float = FONT + 1) -> str:
+    """`text` on as few lines as fit `width_in` inches at font size `size`."""
+    return textwrap.fill(text, int(width_in * 72 / (size * CHAR_EM)))
+
+
+def _shared_text(keys: list[SeriesKey], outer: list[SeriesKey] = ()) -> str:
+    """What `keys` share (their device and model, when one), less what `outer` shares."""
+    common = _shared(list(outer)) if outer else {}
+    head = []
+    for of in (lambda k: k.device, lambda k: k.model):
+        mine = {of(k) for k in keys}
+        if len(mine) == 1 and len({of(k) for k in outer}) != 1:
+            head.append(mine.pop())
+    words = [w for n, w in _shared(keys).items() if common.get(n) != w]
+    return " · ".join(head + ([" ".join(words)] if words else []))
+
+
+# ---- drawing -----------------------------------------------------------------------------
+
+
+def _palette(names: list[str]) -> dict[str, tuple]:
+    """A colour per label. Labels that are values of one number ("width=64", ...) run
+    dark to light; where one field takes two values, the two share a hue, dark and
+    light (tab20's pairs); else tab10, or tab20 when there are more."""
+    words = [dict(w.partition("=")[::2] for w in n.split()) for n in names]
+    fields = list(words[0]) if words and all(w.keys() == words[0].keys() for w in words) else []
+    values = {f: list(dict.fromkeys(w[f] for w in words)) for f in fields}
+    if len(fields) == 1 and len(names) >= 4 and all(_is_number(v) for v in values[fields[0]]):
+        ranked = sorted(values[fields[0]], key=float)
+        cmap = colormaps["viridis"]
+        return {
+            n: cmap(0.9 * ranked.index(w[fields[0]]) / (len(ranked) - 1))
+            for n, w in zip(names, words)
+        }
+    pairs = [f for f in fields if len(values[f]) == 2]
+    if len(fields) > 1 and pairs:
+        shade = pairs[-1]
+        hues = list(dict.fromkeys(tuple(w[f] for f in fields if f != shade) for w in words))
+        if len(hues) <= 10:
+            cmap = colormaps["tab20"]
+            return {
+                n: cmap(
+                    2 * hues.index(tuple(w[f] for f in fields if f != shade))
+                    + values[shade].index(w[shade])
+                )
+                for n, w in zip(names, words)
+            }
+    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _on_curve(xs, ys, at: float) -> float:
+    """The curve's value at `at`, interpolated on log-log axes."""
+    return float(np.exp(np.interp(np.log(at), np.log(xs), np.log(ys))))
+
+
+def _draw_series(axes, points: list[dict], x: str, style: dict) -> dict:
+    """One series on each panel (time per call, and per example against batch): measured
+    solid with markers, its roofline dashed in the same colour, and against batch its b*
+    (a star on the roofline) and its knee (a ring on the measured curve). Says which
+    marks it drew."""
+    xs = [x_value(r, x) for r in points]
+    t = [r["time"]["median_s"] * 1e3 for r in points]
+    pred = [r["prediction"]["lower_s"] * 1e3 for r in points]
+    b_star = knee = None
+    if x == "batch":
+        fit = analysis.fit_knee(xs, t)
+        knee = fit.batch if fit.found else None
+        b_star = record.b_star(points[-1])
+        b_star = b_star if b_star is not None and min(xs) <= b_star <= max(xs) else None
+    for ax, gid, per in zip(axes, ("measured", "measured_per_example"), ([1] * len(xs), xs)):
+        measured = [v / s for v, s in zip(t, per)]
+        roof = [v / s for v, s in zip(pred, per)]
+        ax.plot(xs, measured, "-", marker=style["marker"], ms=5, color=style["color"], gid=gid)
+        ax.plot(xs, roof, color=style["color"], gid="roofline", **ROOFLINE)
+        if b_star is not None:
+            ax.plot([b_star], [_on_curve(xs, roof, b_star)], color=style["color"], **B_STAR)
+        if knee is not None:
+            ax.plot([knee], [_on_curve(xs, measured, knee)], color=style["color"], **KNEE)
+    return {"b*": b_star is not None, "knee": knee is not None}
+
+
+class _Plain(LogFormatter):
+    """The log ticks LogFormatter labels, written 0.2 rather than 2e-01."""
+
+    def __call__(self, x, pos=None):
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def _format_axes(ax, x: str, xs: list, ylabel: str) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ticks = sorted(set(xs))
+    if len(ticks) <= 12:  # the measured values themselves, not powers of two
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks], fontsize=FONT)
+        ax.xaxis.set_minor_locator(NullLocator())
+    # Plain numbers; on a short range some minor ticks too, so no panel shows one number.
+    ax.yaxis.set_major_formatter(_Plain())
+    ax.yaxis.set_minor_formatter(_Plain(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    ax.tick_params(which="both", labelsize=FONT)
+    ax.set_xlabel("batch size" if x == "batch" else x, fontsize=FONT + 1)
+    ax.set_ylabel(ylabel, fontsize=FONT + 1)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.1)
+
+
+def _legend_columns(texts: list[str], width_in: float) -> int:
+    """As many legend columns as the widest label lets fit across the figure."""
+    widest = max(max(len(line) for line in t.split("\n")) for t in texts)
+    per_column_in = (widest * CHAR_EM * FONT + 40) / 72  # text, plus the handle and padding
+    return max(1, min(len(texts), int(width_in / per_column_in), 6))
+
+
+def _legend(fig: Figure, colour: dict, devices: dict, drew: dict, width: float) -> None:
+    """Below the panels: a line per label, a marker per device, then the styles once."""
+    grey = dict(color="gray")
+    handles = [Line2D([], [], color=c, marker="o", ms=4, label=n) for n, c in colour.items() if n]
+    handles += [Line2D([], [], marker=m, ls="none", label=d, **grey) for d, m in devices.items()]
+    handles += [
+        Line2D([], [], marker="o", ms=4, label="measured", **grey),
+        Line2D([], [], label="roofline lower bound", **grey, **ROOFLINE),
+    ]
+    if drew["b*"]:
+        handles.append(Line2D([], [], label="predicted b*", **grey, **B_STAR))
+    if drew["knee"]:
+        handles.append(Line2D([], [], label="measured knee", **grey, **KNEE))
+    texts = [h.get_label() for h in handles]
+    ncols = _legend_columns(texts, width)
+    fig.legend(
+        handles=handles, loc="outside lower center", ncols=ncols, fontsize=FONT, frameon=False
+    )
+
+
+def figure(records: list[dict], x: str = "batch", title: str = "") -> Figure:
+    """Measured (solid) against the roofline (dashed) on log axes, one line per series.
+
+    Each model gets its own panels, and so does each group of a model's series when they
+    are more than MAX_LINES. Against batch, each group has a second panel of time per
+    example, a star marks each series' predicted critical batch on its roofline and a
+    ring its fitted knee on the measured curve. The legend is below the panels.
     """
-    groups = series_by_device(records, x)
+    groups = analysis.series(records, x)
     if not groups:
         raise ValueError("no successful points to plot")
-    shared = ""
-    if short_labels and len(groups) > 1:
-        words = [label.split() for label in groups]
-        common = set.intersection(*map(set, words))
-        shared = " ".join(w for w in words[0] if w in common)
-        groups = {
-            " ".join(w for w in label.split() if w not in common): v for label, v in groups.items()
-        }
-    by_batch = x == "batch"
-    fig, axes = plt.subplots(
-        1,
-        2 if by_batch else 1,
-        figsize=(13 if by_batch else 7, 5 + (0.15 * len(groups) if short_labels else 0)),
-        constrained_layout=True,
-        squeeze=False,
-    )
-    axes = axes[0]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, (_, points)) in enumerate(groups.items()):
-        color = colors[i % len(colors)]
-        xs = [x_value(r, x) for r in points]
-        t = [r["time"]["median_s"] * 1e3 for r in points]
-        pred = [r["prediction"]["lower_s"] * 1e3 for r in points]
-        scales = ([1] * len(xs), xs) if by_batch else ([1] * len(xs),)
-        for ax, scale in zip(axes, scales):
-            ax.plot(
-                xs,
-                [v / s for v, s in zip(t, scale)],
-                "o-",
-                color=color,
-                label=label,
-            )
-            ax.plot(xs, [v / s for v, s in zip(pred, scale)], "--", color=color, alpha=0.6)
-        if by_batch:
-            b_star = record.b_star(points[-1])
-            knee = analysis.fit_knee(xs, t)
-            for ax in axes:
-                if b_star is not None:
-                    ax.axvline(b_star, color=color, ls="--", lw=0.8, alpha=0.5)
-                if knee.found:
-                    ax.axvline(knee.batch, color=color, ls=":", lw=1.2)
-    labels = ["time per call (ms)", "time per example (ms)"]
-    for ax, ylabel in zip(axes, labels):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("batch size" if by_batch else x)
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-    devices = list(dict.fromkeys(device_label(points[0]) for _, points in groups.values()))
-    first = next(iter(groups.values()))[1][0]
-    device = ", ".join(devices) if len(devices) > 1 else first["provenance"].get("device_kind", "")
-    axes[0].set_title(title or f"measured (solid) vs roofline (dashed) on {device}")
-    if by_batch:
-        axes[1].set_title("--: predicted critical batch   ··: measured knee")
-    if short_labels:  # below the plots: a report's plots may carry many long labels
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", fontsize=7)
-        if shared:
-            fig.suptitle(f"every line: {shared}", fontsize=8)
-    else:
-        axes[0].legend(fontsize=7)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    keys = list(groups)
+    cells = [
+        cell
+        for model in dict.fromkeys(k.model for k in keys)
+        for cell in _facets([k for k in keys if k.model == model])
+    ]
+    label = {k: text for cell in cells for k, text in labels(cell).items()}
+    devices = list(dict.fromkeys(k.device for k in keys))
+    by_device = len(devices) > 1 and set(label.values()) == {""}
+    if by_device:  # nothing but the device tells the lines apart: it is their colour
+        label = {k: k.device for k in keys}
+    colour = _palette(list(dict.fromkeys(label[k] for k in keys)))
+    apart = by_device or all(len({k.device for k in cell}) == 1 for cell in cells)
+    marker = {d: MARKERS[0 if apart else i % len(MARKERS)] for i, d in enumerate(devices)}
+
+    n_panels = 2 if x == "batch" else 1
+    cols = 1 if n_panels == 2 or len(cells) == 1 else 2
+    rows = -(-len(cells) // cols)
+    width = PANEL_W * n_panels * cols + 0.6
+    subtitle = _shared_text(keys)
+    head = title or "measured (solid) vs roofline lower bound (dashed)"
+    head += f"\n{_wrap('every line: ' + subtitle, width)}" if subtitle else ""
+    entries = len(colour) + (0 if apart else len(devices)) + 4
+    legend_rows = -(-entries // 3)  # a guess, for the figure's height only
+    height = rows * PANEL_H + 0.2 * head.count("\n") + 0.5 + 0.17 * legend_rows
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    places = fig.subfigures(rows, cols, squeeze=False).ravel() if len(cells) > 1 else [fig]
+    drew = {"b*": False, "knee": False}
+    panels = []
+    for place, cell in zip(places, cells):
+        axes = place.subplots(1, n_panels, squeeze=False)[0]
+        panels.append(axes)
+        for key in cell:
+            style = {"color": colour[label[key]], "marker": marker[key.device]}
+            for mark, done in _draw_series(axes, groups[key], x, style).items():
+                drew[mark] |= done
+        xs = [x_value(r, x) for k in cell for r in groups[k]]
+        for ax, ylabel in zip(axes, ("time per call (ms)", "time per example (ms)")):
+            _format_axes(ax, x, xs, ylabel)
+        if len(cells) > 1:
+            place.suptitle(_wrap(_shared_text(cell, keys), width / cols), fontsize=FONT + 1)
+    for column in zip(*panels):  # one scale per quantity, so panels compare at a glance
+        low = min(ax.get_ylim()[0] for ax in column)
+        high = max(ax.get_ylim()[1] for ax in column)
+        for ax in column:
+            ax.set_ylim(low / 1.1, high * 1.1)
+    shown = {} if apart else marker  # a marker per device, unless colours or panels tell
+    _legend(fig, colour, shown, drew, width)
+    fig.suptitle(head, fontsize=FONT + 1)
+    return fig
+
+
+def plot_records(
+    records: list[dict], path: str, x: str = "batch", title: str = "", short_labels: bool = True
+) -> str:
+    """figure(records, x, title) saved at `path` (written whole, then renamed into place,
+    so a reader never sees half a PNG); returns `path`. `short_labels` is accepted for
+    older callers: labels are always short now."""
+    del short_labels
+    fig = figure(records, x, title)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=110)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
 
 
