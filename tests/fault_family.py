@@ -43,5 +43,6 @@ workloads.register(
         params=(Param("size", "fault_sizes", int, (16,), "Matrix size.", minimum=1),),
         cost=cost,
         build=build,
+        examples=({"size": 16}, {"size": 8}),
     )
 )

@@ -85,6 +85,9 @@ class Family:
     # One device's cost on a mesh (point, batch, numerics, mesh spec) when the family lays
     # itself out its own way (Workload.place); None: the default layout's share.
     mesh_cost: Callable[[Point, int, Numerics, tuple], Cost | None] | None = None
+    # Two small points (parameter overrides of the defaults) at which the tests check the
+    # family's analytic cost against XLA (tests/test_families.py).
+    examples: tuple[Mapping, ...] = ()
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)

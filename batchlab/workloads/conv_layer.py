@@ -97,4 +97,8 @@ FAMILY = Family(
     build=build,
     validate=validate,
     plot_axes=("image_size",),
+    examples=(
+        {"image_size": 8, "channels": 4, "layers": 2},
+        {"image_size": 9, "channels": 8, "stride": 2, "padding": "VALID"},
+    ),
 )

@@ -55,6 +55,23 @@ MODEL_PARAMS = (
     Param("vocab", "vocab_sizes", int, (32000,), "Vocabulary size V.", minimum=1),
     Param("max_len", "max_lens", int, (8192,), "Longest sequence the model allows.", minimum=1),
 )
+# The examples' model: one layer, compiled in about a second (GQA, SwiGLU, RoPE, tied).
+SMALL_MODEL = {
+    "depth": 1,
+    "width": 32,
+    "heads": 4,
+    "kv_heads": 2,
+    "ffn": 48,
+    "vocab": 101,
+    "max_len": 32,
+}
+# The second example's other variants: two layers, a plain FFN, learned positions, untied.
+_OTHER_VARIANT = {
+    "depth": 2,
+    "ffn_kind": "plain",
+    "position_kind": "learned",
+    "embeddings": "untied",
+}
 
 
 def model_config(point: Point, numerics: Numerics) -> dec.DecoderConfig:
@@ -190,6 +207,10 @@ DECODE = Family(
     validate=validate_decode,
     batch_unit="sequences",
     plot_axes=("context",),
+    examples=(
+        SMALL_MODEL | {"context": 15},
+        SMALL_MODEL | _OTHER_VARIANT | {"kv_heads": 1, "context": 7},
+    ),
 )
 
 
@@ -235,4 +256,8 @@ PREFILL = Family(
     validate=validate_prefill,
     batch_unit="sequences",
     plot_axes=("prompt_len",),
+    examples=(
+        SMALL_MODEL | {"prompt_len": 8},
+        SMALL_MODEL | _OTHER_VARIANT | {"kv_heads": 4, "prompt_len": 6},
+    ),
 )

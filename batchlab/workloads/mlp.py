@@ -65,4 +65,5 @@ FAMILY = Family(
     ),
     cost=cost,
     build=build,
+    examples=({"depth": 2, "width": 32}, {"depth": 3, "width": 24, "input_width": 16}),
 )

@@ -61,4 +61,8 @@ FAMILY = Family(
     build=build,
     validate=validate,
     plot_axes=("image_size",),
+    examples=(
+        {"image_size": 10, "channels": 4},
+        {"image_size": 9, "channels": 3, "pool": "avg", "padding": "VALID"},
+    ),
 )

@@ -104,4 +104,5 @@ FAMILY = Family(
     ),
     cost=cost,
     build=build,
+    examples=({"image_size": 32}, {"image_size": 40}),
 )
