@@ -150,17 +150,6 @@ def test_decode_cost_by_hand():
     assert c.state_bytes == 2 * 2 * 2 * 32 * 4 * (10 + 1)
 
 
-@pytest.mark.parametrize(
-    "family,extra", [(wl.DECODE, {"context": 31}), (wl.PREFILL, {"prompt_len": 16})]
-)
-def test_flops_match_cost_analysis(family, extra):
-    point = POINT | extra
-    work = family.build(point, 3, Numerics(), jax.random.PRNGKey(0))
-    xla = timing.compile_ahead(work.fn, (work.weights, *work.inputs)).cost_analysis
-    # XLA also counts softmax, norms, rotary and the mask: a few percent more.
-    assert work.cost.flops <= xla["flops"] <= 1.2 * work.cost.flops
-
-
 def test_decode_workload_donates_its_cache_and_updates_it_in_place():
     work = wl.DECODE.build(POINT | {"context": 31}, 2, Numerics(), jax.random.PRNGKey(0))
     compiled = timing.compile_ahead(work.fn, (work.weights, *work.inputs), work.donate_argnums)

@@ -58,13 +58,13 @@ def test_post_mlp_is_8_million_weights():
         ({"depth": 1, "width": 64, "input_width": 0}, 7),
     ],
 )
-def test_flops_and_weight_bytes_match_cost_analysis(point, batch, dtype):
+def test_weight_traffic_and_bf16_flops_match_cost_analysis(point, batch, dtype):
+    """Float32 FLOPs are checked for every family in tests/test_families.py."""
     numerics = Numerics(dtype)
     work = mlp.build(point, batch, numerics, jax.random.PRNGKey(0))
     xla = timing.compile_ahead(work.fn, (work.weights, *work.inputs)).cost_analysis
     # XLA reports the bytes of parameter 1 (the flattened weights) separately.
     if dtype == "float32":
-        assert xla["flops"] == pytest.approx(work.cost.flops, rel=0.02)
         assert xla["bytes accessed1{}"] == pytest.approx(work.cost.weight_bytes, rel=0.02)
     else:  # XLA:CPU upcasts bf16 to f32: the converts add FLOPs and weight traffic
         assert work.cost.flops <= xla["flops"] <= 1.3 * work.cost.flops

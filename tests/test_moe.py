@@ -192,14 +192,6 @@ def test_expected_touched_and_critical_batch():
     assert moecost.critical_batch_estimate(1e12, 2e10, POINT | {"experts": 8}, Numerics()) == 400
 
 
-@pytest.mark.parametrize("router", ["token_choice", "expert_choice"])
-def test_padded_capacity_flops_match_cost_analysis(router):
-    work = wl.LAYER.build(POINT | {"router": router}, 16, Numerics(), jax.random.PRNGKey(0))
-    xla = timing.compile_ahead(work.fn, (work.weights, *work.inputs)).cost_analysis
-    # XLA counts every expert's lax.cond branch: the E·C padded slots; plus softmax etc.
-    assert work.cost.flops <= xla["flops"] <= 1.1 * work.cost.flops
-
-
 def test_dropless_slots_compute_every_expert_on_every_token():
     """cost_analysis shows what the padded dropless dispatch really does: E·B rows, not the
     B·k of the analytic (ideal) cost; and ragged_dot on CPU counts as dense work too."""
@@ -223,11 +215,9 @@ DECODER_POINT = POINT | {
 }
 
 
-def test_decode_flops_match_cost_analysis():
+def test_decode_records_the_balance_of_its_moe_layer():
     point = DECODER_POINT | {"context": 15, "depth": 1}
     work = wl.DECODE.build(point, 2, Numerics(), jax.random.PRNGKey(0))
-    xla = timing.compile_ahead(work.fn, (work.weights, *work.inputs)).cost_analysis
-    assert work.cost.flops <= xla["flops"] <= 1.2 * work.cost.flops
     assert len(work.metrics["balance"]) == 1
 
 
