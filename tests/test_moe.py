@@ -144,6 +144,8 @@ POINT = {
     "priority": "choice",
     "dispatch": "slots",
     "router_checkpoint": "",
+    "skew": 0.0,
+    "token_mean": 0.0,
 }
 
 

@@ -50,18 +50,19 @@ def stack_experts(experts: dict) -> dict:
     return {name: jnp.stack([w[name] for w in ws]) for name in ws[0]}
 
 
-def layer(mesh, moe, group: str, precision=None):
+def layer(mesh, moe, group: str, precision=None, with_offset: bool = False):
     """fn(params, bias_E, x_BxD) -> y_BxD on `mesh`; params = {"router", "experts"} with
-    the experts stacked (stack_experts). Arrays laid out as `shardings` says."""
+    the experts stacked (stack_experts). Arrays laid out as `shardings` says. With
+    `with_offset`, fn takes a B×E logit offset after the tokens, split by rows as they are."""
     if group not in GROUPS:
         raise ValueError(f"routing group {group!r}: allowed are {', '.join(GROUPS)}")
     tokens = token_axes(mesh)
     n_e = mesh.shape.get(EXPERT, 1)
 
-    def local(params, bias_E, x_bxD):
+    def local(params, bias_E, x_bxD, offset_bxE=None):
         b, d = x_bxD.shape
         e = params["router"].shape[1]
-        logits = routing.router_logits(x_bxD, params["router"], None, precision)
+        logits = routing.router_logits(x_bxD, params["router"], offset_bxE, precision)
         if group == "batch":
             logits = jax.lax.all_gather(logits, tokens, axis=0, tiled=True)
             first = jax.lax.axis_index(tokens) * b  # this device's first row in the batch
@@ -93,7 +94,8 @@ def layer(mesh, moe, group: str, precision=None):
             {"router": specs["router"].spec, "experts": specs["experts"].spec},
             specs["bias"].spec,
             specs["tokens"].spec,
-        ),
+        )
+        + ((specs["tokens"].spec,) if with_offset else ()),
         out_specs=specs["tokens"].spec,
     )
 

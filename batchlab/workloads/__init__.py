@@ -3,7 +3,7 @@
 import importlib
 
 from batchlab.errors import ConfigError
-from batchlab.workloads import conv_layer, decoder, mlp, moe, pooling, resnet
+from batchlab.workloads import conv_layer, decoder, ffn, mlp, moe, pooling, resnet
 from batchlab.workloads.base import Cost, Family, Param, Point, Workload
 
 REGISTRY: dict[str, Family] = {
@@ -18,6 +18,7 @@ REGISTRY: dict[str, Family] = {
         moe.LAYER,
         moe.DECODE,
         moe.PREFILL,
+        ffn.FAMILY,
     )
 }
 

@@ -6,12 +6,22 @@ batch of moe_layer is tokens (one routing group); the decoders' group is batch·
 Each record gets `metrics`: the balance metrics of every MoE layer on the point's own
 inputs (batchlab.moe.balance) and the dispatch used, with the time of each candidate
 when it was chosen by measurement (--dispatches=auto).
+
+moe_layer also takes what the routing comparison (experiments.routing) varies: a logit
+skew s, which adds s·(2e/(E−1) − 1) to expert e's logit (a router biased on purpose, its
+last expert favoured); a token mean, the scale of a direction every token shares; and
+the router "uniform", token choice on random logits (router weights zero, a normal draw
+per token and expert): the balanced baseline. Tokens and router weights come from the
+point's key, which folds in only the seed and the batch, so every router at a batch
+sees the same ones. The offset reaches the layer as a B×E input only when it is not
+zero (its add is left out of the cost, like the softmax).
 """
 
 import jax
 import jax.numpy as jnp
 
-from batchlab import autotune, distributed, train
+from batchlab import autotune, distributed
+from batchlab import router_checkpoint as rc
 from batchlab.errors import ConfigError
 from batchlab.models import decoder as dec
 from batchlab.models import moe as mm
@@ -19,8 +29,10 @@ from batchlab.moe import balance, dispatch, expert_parallel, routing
 from batchlab.moe import cost as moecost
 from batchlab.numerics import Numerics
 from batchlab.workloads import decoder as dec_wl
+from batchlab.workloads import ffn as ffn_wl
 from batchlab.workloads.base import Cost, Family, Param, Point, Workload
 
+UNIFORM = "uniform"  # token choice on random logits: the balanced baseline (moe_layer only)
 MOE_PARAMS = (
     Param("experts", "experts", int, (8,), "Experts E in each MoE layer.", minimum=1),
     Param("top_k", "top_ks", int, (2,), "Experts per token k (top-k).", minimum=1),
@@ -29,9 +41,11 @@ MOE_PARAMS = (
         "routers",
         str,
         ("token_choice",),
-        "token_choice (top-k with a capacity), dropless (top-k, nothing dropped) or "
-        "expert_choice (each expert takes its top C tokens; not causal, so not for decoding).",
-        choices=routing.ROUTERS,
+        "token_choice (top-k with a capacity), dropless (top-k, nothing dropped), "
+        "expert_choice (each expert takes its top C tokens; not causal, so not for "
+        "decoding), or uniform (moe_layer only: token choice on random logits, each token's "
+        "k experts picked at random; the balanced baseline).",
+        choices=(*routing.ROUTERS, UNIFORM),
     ),
     Param(
         "capacity_factor",
@@ -78,8 +92,26 @@ ROUTING_GROUP = Param(
     "(device). On one device both are the batch.",
     choices=expert_parallel.GROUPS,
 )
+SKEW = Param(
+    "skew",
+    "skews",
+    float,
+    (0.0,),
+    "Logit skew s: expert e's logit gets s·(2e/(E−1) − 1), a router biased on purpose "
+    "toward its last experts (0: none).",
+)
+TOKEN_MEAN = Param(
+    "token_mean",
+    "token_means",
+    float,
+    (0.0,),
+    "Scale of a direction every token shares, as hidden states share one (0: isotropic "
+    "tokens); alone it biases a random router.",
+)
 LAYER_PARAMS = (
-    (_DECODER["width"], _DECODER["ffn"], _DECODER["ffn_kind"]) + MOE_PARAMS + (ROUTING_GROUP,)
+    (_DECODER["width"], _DECODER["ffn"], _DECODER["ffn_kind"])
+    + MOE_PARAMS
+    + (ROUTING_GROUP, SKEW, TOKEN_MEAN)
 )
 EVERY = Param(
     "moe_every",
@@ -92,10 +124,12 @@ EVERY = Param(
 
 
 def moe_config(point: Point, chosen_dispatch: str | None = None) -> mm.MoEConfig:
+    """The layer's routing and dispatch; "uniform" routes as token choice (on the random
+    logits that build_layer gives it)."""
     return mm.MoEConfig(
         experts=point["experts"],
         top_k=point["top_k"],
-        router=point["router"],
+        router="token_choice" if point["router"] == UNIFORM else point["router"],
         capacity_factor=point["capacity_factor"],
         priority=point["priority"],
         dispatch=chosen_dispatch or point["dispatch"],
@@ -115,22 +149,23 @@ def validate_moe(point: Point) -> None:
             f"{point['experts']} (--experts)"
         )
     if point["router_checkpoint"]:
-        train.check_router_fits(
+        rc.check_router_fits(
             point["router_checkpoint"], point["width"], point["experts"], "--router_checkpoints"
         )
 
 
-def _choose_dispatch(point, layer_params, x_BxD, numerics) -> tuple[str, dict]:
-    """The point's dispatch, timing each implementation on the layer when it is "auto"."""
+def _choose_dispatch(point, args, numerics) -> tuple[str, dict]:
+    """The point's dispatch, timing each implementation on the layer when it is "auto";
+    `args` are (params, bias_E, x_BxD) and maybe a logit offset."""
     if point["dispatch"] != "auto":
         return point["dispatch"], {"chosen": point["dispatch"]}
     fns = {
-        name: lambda p, b, x, name=name: mm.moe_apply(
-            p, b, x, moe_config(point, name), numerics.lax_precision
+        name: lambda p, b, x, o=None, name=name: mm.moe_apply(
+            p, b, x, moe_config(point, name), numerics.lax_precision, o
         )[0]
         for name in dispatch.IMPLS
     }
-    chosen, times = autotune.fastest(fns, (*layer_params, x_BxD))
+    chosen, times = autotune.fastest(fns, args)
     return chosen, {"chosen": chosen, "candidates_s": times}
 
 
@@ -138,7 +173,7 @@ def _load_router(point, params_list, balance_list):
     """Puts a trained router into each MoE layer's variables (in place, by dict)."""
     if not point["router_checkpoint"]:
         return None
-    tcfg, router, bias = train.load_router(point["router_checkpoint"], "--router_checkpoints")
+    tcfg, router, bias = rc.load_router(point["router_checkpoint"], "--router_checkpoints")
     for p, b in zip(params_list, balance_list):
         p["router"], b["bias"] = router.astype(p["router"].dtype), bias
     return tcfg
@@ -159,10 +194,29 @@ def layer_cost(point: Point, batch: int, numerics: Numerics) -> Cost:
 
 def validate_layer(point: Point) -> None:
     validate_moe(point)
+    if point["router_checkpoint"] and point["token_mean"]:
+        raise ConfigError(
+            f"--token_means: {point['token_mean']} with --router_checkpoints: a trained "
+            "router's tokens come from its training task, which has its own shared "
+            "direction; leave --token_means at 0"
+        )
+
+
+def _logit_offset(point: Point, batch: int, key):
+    """The B×E logit offset of the point (module docstring), or None when it is zero."""
+    e = point["experts"]
+    if not point["skew"] and point["router"] != UNIFORM:
+        return None
+    ramp_E = 2 * jnp.arange(e, dtype=jnp.float32) / max(1, e - 1) - 1
+    offset_BxE = jnp.broadcast_to(point["skew"] * ramp_E, (batch, e))
+    if point["router"] == UNIFORM:
+        offset_BxE = offset_BxE + jax.random.normal(jax.random.fold_in(key, 3), (batch, e))
+    return offset_BxE
 
 
 def build_layer(point: Point, batch: int, numerics: Numerics, key) -> Workload:
-    """Random tokens (or the training task's, with a trained router) through one MoE FFN."""
+    """The point's tokens (or the training task's, with a trained router) through one MoE
+    FFN, with the logit offset of its skew or of random picks (module docstring)."""
     cfg = dec.DecoderConfig(
         width=point["width"],
         ffn=point["ffn"],
@@ -177,26 +231,32 @@ def build_layer(point: Point, batch: int, numerics: Numerics, key) -> Workload:
     params, bal = dict(variables["params"]), dict(variables["balance"])
     tcfg = _load_router(point, [params], [bal])
     if tcfg is None:
-        x_BxD = jax.random.normal(k_x, (batch, cfg.width), cfg.dtype)
+        x_BxD = ffn_wl.tokens(key, batch, cfg.width, cfg.dtype, point["token_mean"])
     else:
-        x_BxD = train.sample(train.task(tcfg), k_x, batch)[0].astype(cfg.dtype)
+        x_BxD = rc.sample(rc.task(tcfg), k_x, batch)[0].astype(cfg.dtype)
+    if point["router"] == UNIFORM:  # the picks come from the offset's random logits alone
+        params["router"] = jnp.zeros_like(params["router"])
+    offset = _logit_offset(point, batch, key)
     weights = {"params": params, "balance": bal}
-    chosen, dispatch_info = _choose_dispatch(point, (params, bal["bias"]), x_BxD, numerics)
+    inputs = (x_BxD,) if offset is None else (x_BxD, offset)
+    chosen, dispatch_info = _choose_dispatch(point, (params, bal["bias"], *inputs), numerics)
     moe = moe_config(point, chosen)
 
-    def fn(w, x):
-        return mm.moe_apply(w["params"], w["balance"]["bias"], x, moe, cfg.precision)[0]
+    def fn(w, x, o=None):
+        return mm.moe_apply(w["params"], w["balance"]["bias"], x, moe, cfg.precision, o)[0]
 
     ms = _balance_metrics(
-        lambda w, x: [mm.moe_apply(w["params"], w["balance"]["bias"], x, moe)[1]], weights, x_BxD
+        lambda w, x, o=None: [mm.moe_apply(w["params"], w["balance"]["bias"], x, moe, None, o)[1]],
+        weights,
+        *inputs,
     )
     return Workload(
         fn=fn,
         weights=weights,
-        inputs=(x_BxD,),
+        inputs=inputs,
         cost=layer_cost(point, batch, numerics),
         metrics={"tokens": batch, "dispatch": dispatch_info, "balance": ms},
-        place=lambda mesh: _place_layer(point, batch, numerics, mesh, weights, x_BxD),
+        place=lambda mesh: _place_layer(point, batch, numerics, mesh, weights, inputs),
     )
 
 
@@ -215,12 +275,15 @@ def layer_mesh_cost(point: Point, batch: int, numerics: Numerics, spec) -> Cost 
     return moecost.expert_parallel_cost(point, batch, numerics, distributed.size(spec), n_e)
 
 
-def _place_layer(point, batch, numerics, mesh, weights, x_BxD):
+def _place_layer(point, batch, numerics, mesh, weights, inputs):
     """The expert-parallel layout (see _expert_parallel), or None for the default."""
     group = point["routing_group"]
     if not _expert_parallel(point, mesh.axis_names):
         return None
-    fn = expert_parallel.layer(mesh, moe_config(point), group, numerics.lax_precision)
+    with_offset = len(inputs) == 2
+    fn = expert_parallel.layer(
+        mesh, moe_config(point), group, numerics.lax_precision, with_offset=with_offset
+    )
     sh = expert_parallel.shardings(mesh)
     params = weights["params"]
     placed = {
@@ -239,9 +302,9 @@ def _place_layer(point, batch, numerics, mesh, weights, x_BxD):
         # "balance" stays that of the whole batch as one group, for either group.
     }
     return distributed.Placed(
-        fn=lambda w, x: fn(w["params"], w["bias"], x),
+        fn=lambda w, *xs: fn(w["params"], w["bias"], *xs),
         weights=placed,
-        inputs=(distributed.put(x_BxD, sh["tokens"]),),
+        inputs=tuple(distributed.put(a, sh["tokens"]) for a in inputs),
         specs={name: str(s.spec) for name, s in sh.items()} | {"routing_group": group},
         metrics={"dispatch": dispatch_info},
     )
@@ -277,6 +340,12 @@ def model_of(point: Point, numerics: Numerics, chosen_dispatch: str = "slots"):
 
 
 def validate_decoder(point: Point) -> None:
+    if point["router"] == UNIFORM:
+        raise ConfigError(
+            "--routers=uniform: random picks are the balanced baseline of one MoE layer "
+            "(--model=moe_layer, experiments.routing); a decoder routes with token_choice, "
+            "dropless or (to prefill) expert_choice"
+        )
     validate_moe(point)
     if not mm.moe_layers(point["depth"], point["moe_every"]):
         raise ConfigError(
@@ -296,7 +365,7 @@ def _build_decoder(point, numerics, key, tokens_BxS, positions_BxS, cache):
     _load_router(point, params, biases)
     n = tokens_BxS.size
     x_BxD = jax.random.normal(jax.random.fold_in(key, 7), (n, point["width"]), numerics.jnp_dtype)
-    chosen, dispatch_info = _choose_dispatch(point, (params[0], biases[0]["bias"]), x_BxD, numerics)
+    chosen, dispatch_info = _choose_dispatch(point, (params[0], biases[0]["bias"], x_BxD), numerics)
     model, moe = model_of(point, numerics, chosen)
     ms = _balance_metrics(
         lambda *a: mm.routings(model, *a), weights, tokens_BxS, positions_BxS, cache
