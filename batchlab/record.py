@@ -1,6 +1,7 @@
 """The record: one JSON object per point in results.jsonl, and the one place that knows
 its shape: the point id, the series key, the builders of measured, failed and predicted
-records, the fields a reader may rely on, the device label, and how schema 1 is read.
+records and of router training's records, the fields a reader may rely on, the device
+label, and how schema 1 is read.
 
 A record's `kind` says what made it: a sweep point (SWEEP), a router-training step
 (TRAIN_STEP) or a trained router evaluated on fresh tokens (ROUTER_EVAL). Its `origin`
@@ -161,6 +162,45 @@ def base(
         "config_name": config_name,
         "provenance": provenance,
     }
+
+
+def _trained(kind: str, pid: str, method: str, config_name: str, provenance: dict) -> dict:
+    """The fields every record of router training has (batchlab.train)."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "kind": kind,
+        "origin": MEASURED,
+        "id": pid,
+        "status": "ok",
+        "config_name": config_name,
+        "provenance": provenance,
+        "method": method,
+    }
+
+
+def train_step(
+    *, method: str, step: int, metrics: dict, config_name: str, provenance: dict
+) -> dict:
+    """One training step of one balancing method: its losses and balance metrics."""
+    out = _trained(TRAIN_STEP, f"{method}/{step}", method, config_name, provenance)
+    return out | {"step": step, "metrics": metrics}
+
+
+def router_eval(
+    *,
+    method: str,
+    step: int,
+    tokens: int,
+    params: Mapping,
+    metrics: dict,
+    config_name: str,
+    provenance: dict,
+) -> dict:
+    """A trained router (after `step` steps) evaluated on `tokens` fresh tokens as one
+    routing group: the balance metrics of that routing (batchlab.moe.balance), and the
+    layer's shape in `params` (experts, top_k, ...)."""
+    out = _trained(ROUTER_EVAL, f"{method}/eval", method, config_name, provenance)
+    return out | {"step": step, "tokens": tokens, "params": dict(params), "metrics": metrics}
 
 
 def failed(base_fields: dict, failure: str, error: str, traceback: str | None = None) -> dict:
@@ -329,8 +369,14 @@ REQUIRED = {
     "provenance": dict,
 }
 REQUIRED_BY_KIND = {
-    TRAIN_STEP: {"method": str, "step": int, "metrics": dict},
-    ROUTER_EVAL: {"method": str, "tokens": int, "metrics": dict},
+    TRAIN_STEP: {"method": str, "step": int, "metrics": dict, "provenance": dict},
+    ROUTER_EVAL: {
+        "method": str,
+        "tokens": int,
+        "params": dict,
+        "metrics": dict,
+        "provenance": dict,
+    },
 }
 
 

@@ -1,69 +1,38 @@
 """Router training on a synthetic task where routing matters, with each balancing method.
 
-The task: tokens x = shared + mu_c + noise from `clusters` clusters, target y = x·A_c, a
-different linear map per cluster, so one expert cannot serve every cluster. The shared
-direction (anisotropy, as in a transformer's hidden states) makes a fresh router send
-most tokens to the same few experts: the imbalance the balancing methods must undo.
+The task (batchlab.router_checkpoint): tokens x = shared + mu_c + noise from `clusters`
+clusters, target y = x·A_c, a different linear map per cluster, so one expert cannot
+serve every cluster. The shared direction (anisotropy, as in a transformer's hidden
+states) makes a fresh router send most tokens to the same few experts: the imbalance the
+balancing methods must undo.
 
 Methods (REFERENCE 5): none; load_balance (α·E·Σ f_e·P_e); z_loss (β·mean logsumexp²);
 loss_free (the DeepSeek-V3 selection bias, updated by rule after each step). Each method
-runs in OUT_DIR/<method>/: config.json, metrics.jsonl (one line per step: losses and
-every balance metric) and checkpoints/ (Orbax CheckpointManager, REFERENCE 6). A rerun
-resumes from the last checkpoint; batches and jitter come from fold_in(seed, step), so a
-resumed run ends with the same parameters as an uninterrupted one.
+is a results directory OUT_DIR/<method>: config.json and its fingerprint check
+(batchlab.results), results.jsonl (one TRAIN_STEP record per step: losses and every
+balance metric; then one ROUTER_EVAL record, the trained router on `eval_tokens` fresh
+tokens) and checkpoints/ (Orbax CheckpointManager, REFERENCE 6). A rerun resumes from
+the last checkpoint; batches and jitter come from fold_in(seed, step), so a resumed run
+ends with the same parameters as an uninterrupted one.
 """
 
-import dataclasses
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
 import optax
 import orbax.checkpoint as ocp
 
-from batchlab import results
+from batchlab import record, results
+from batchlab import router_checkpoint as rc
 from batchlab.errors import ConfigError
-from batchlab.models import decoder as dec
-from batchlab.models import moe as mm
 from batchlab.moe import balance, routing
+from batchlab.provenance import provenance
+from batchlab.router_checkpoint import METHODS, TrainConfig
 
-METHODS = ("none", "load_balance", "z_loss", "loss_free")
-CONFIG, METRICS, CHECKPOINTS = "config.json", "metrics.jsonl", "checkpoints"
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """One training run's settings; `methods`, `out_dir` and `stop_after` are not part of
-    what a checkpoint must match."""
-
-    out_dir: str
-    methods: tuple[str, ...] = METHODS
-    width: int = 64
-    ffn: int = 128
-    ffn_kind: str = "gated"
-    experts: int = 8
-    top_k: int = 2
-    router: str = "token_choice"
-    capacity_factor: float = 1.25
-    clusters: int = 8
-    shared: float = 2.0  # norm of the shared direction, per dimension
-    tokens: int = 512  # per step
-    steps: int = 300
-    learning_rate: float = 3e-3
-    lb_weight: float = 1e-2
-    z_weight: float = 1e-3
-    bias_rate: float = 1e-3
-    jitter: float = 0.0
-    seed: int = 0
-    checkpoint_every: int = 50
-    stop_after: int = 0  # stop after this many steps (0: run to the end); tests interruption
-
-    def fingerprint(self, method: str) -> dict:
-        d = dataclasses.asdict(self)
-        for k in ("out_dir", "methods", "stop_after", "steps", "checkpoint_every"):
-            d.pop(k)
-        return d | {"method": method}
+__all__ = ["METHODS", "TrainConfig", "run", "train_method", "validate"]
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -84,69 +53,32 @@ def validate(cfg: TrainConfig) -> None:
         )
     if cfg.capacity_factor <= 0:
         raise ConfigError(f"--capacity_factor={cfg.capacity_factor}: must be > 0")
-    for name in ("width", "ffn", "experts", "clusters", "tokens", "steps", "checkpoint_every"):
+    for name in (
+        "width",
+        "ffn",
+        "experts",
+        "clusters",
+        "tokens",
+        "steps",
+        "checkpoint_every",
+        "eval_tokens",
+    ):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name}={getattr(cfg, name)}: must be >= 1")
     if cfg.stop_after < 0:
         raise ConfigError(f"--stop_after={cfg.stop_after}: must be >= 0")
-
-
-def model_of(cfg: TrainConfig) -> mm.MoEFFN:
-    dcfg = dec.DecoderConfig(width=cfg.width, ffn=cfg.ffn, gated_ffn=cfg.ffn_kind == "gated")
-    moe = mm.MoEConfig(
-        experts=cfg.experts,
-        top_k=cfg.top_k,
-        router=cfg.router,
-        capacity_factor=cfg.capacity_factor,
-        dispatch="slots",  # differentiable; "sorted" loops a dynamic number of times
-        jitter=cfg.jitter,
-    )
-    return mm.MoEFFN(dcfg, moe)
-
-
-def task(cfg: TrainConfig) -> dict:
-    """The task's fixed arrays: shared direction, cluster means, per-cluster maps."""
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(cfg.seed + 1), 3)
-    d = cfg.width
-    shared = jax.random.normal(k1, (d,))
-    return {
-        "shared_D": cfg.shared * shared / jnp.sqrt(jnp.mean(shared**2)),
-        "means_CxD": jax.random.normal(k2, (cfg.clusters, d)),
-        "maps_CxDxD": jax.random.normal(k3, (cfg.clusters, d, d)) / jnp.sqrt(d),
-    }
-
-
-def sample(t: dict, key, tokens: int):
-    """(x_BxD, y_BxD) for one step."""
-    kc, kn = jax.random.split(key)
-    c = jax.random.randint(kc, (tokens,), 0, t["means_CxD"].shape[0])
-    x = (
-        t["shared_D"]
-        + t["means_CxD"][c]
-        + 0.3 * jax.random.normal(kn, (tokens, t["shared_D"].size))
-    )
-    return x, jnp.einsum("bd,bde->be", x, t["maps_CxDxD"][c])
-
-
-def init_state(cfg: TrainConfig, tx) -> dict:
-    model = model_of(cfg)
-    v = model.init(jax.random.PRNGKey(cfg.seed), jnp.zeros((1, 1, cfg.width)))
-    return {
-        "step": jnp.int32(0),
-        "params": v["params"],
-        "opt_state": tx.init(v["params"]),
-        "balance": v["balance"],
-    }
+    if cfg.config_name and not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.config_name):
+        raise ConfigError(f"--config_name={cfg.config_name}: use letters, digits, '_', '.' and '-'")
 
 
 def make_step(cfg: TrainConfig, method: str, tx):
     """state, step index -> (state, metrics of the step's routing)."""
-    model, t = model_of(cfg), task(cfg)
+    model, t = rc.model_of(cfg), rc.task(cfg)
     data_key = jax.random.PRNGKey(cfg.seed + 2)
 
     def step(state, i):
         key = jax.random.fold_in(data_key, i)
-        x, y = sample(t, key, cfg.tokens)
+        x, y = rc.sample(t, key, cfg.tokens)
 
         def loss_fn(params):
             pred, inter = model.apply(
@@ -185,142 +117,112 @@ def make_step(cfg: TrainConfig, method: str, tx):
     return jax.jit(step, donate_argnums=0)
 
 
-def _manager(path: str, every: int) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(
-        os.path.abspath(path),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=2, save_interval_steps=every, enable_async_checkpointing=False
-        ),
-    )
+def evaluate(cfg: TrainConfig, state: dict) -> dict:
+    """Balance metrics of the trained router (its weights and selection bias, no jitter)
+    on `eval_tokens` fresh task tokens. They come from PRNGKey(seed + 3), a key the
+    training batches, fold_in(PRNGKey(seed + 2), step), never use."""
+    x, _ = rc.sample(rc.task(cfg), jax.random.PRNGKey(cfg.seed + 3), cfg.eval_tokens)
+
+    @jax.jit
+    def metrics(router_DxE, bias_E, x_BxD):
+        logits = routing.router_logits(x_BxD, router_DxE)
+        r = routing.route(logits, cfg.router, cfg.top_k, cfg.capacity_factor, "choice", bias_E)
+        return balance.metrics(r)
+
+    m = metrics(state["params"]["router"], state["balance"]["bias"], x)
+    return balance.to_host(m)
 
 
-def _check_dir(cfg: TrainConfig, method: str, run_dir: str) -> None:
-    path = os.path.join(run_dir, CONFIG)
-    if not os.path.exists(path):
-        if os.path.exists(os.path.join(run_dir, CHECKPOINTS)):
-            raise ConfigError(f"--out_dir={cfg.out_dir}: {run_dir} has checkpoints but no {CONFIG}")
-        return
-    with open(path) as f:
-        earlier = json.load(f)
-    now = cfg.fingerprint(method)
-    if earlier != now:
-        diff = "; ".join(
-            f"{k} {earlier.get(k)!r} there, {now[k]!r} now" for k in now if earlier.get(k) != now[k]
-        )
-        raise ConfigError(
-            f"--out_dir={cfg.out_dir}: {method} holds a run of a different config ({diff}); "
-            "choose another --out_dir"
-        )
+def eval_params(cfg: TrainConfig) -> dict:
+    """The layer a ROUTER_EVAL record describes."""
+    keys = ("width", "ffn", "ffn_kind", "experts", "top_k", "router", "capacity_factor")
+    return {k: getattr(cfg, k) for k in keys}
 
 
-def _trim_metrics(path: str, upto: int) -> None:
-    """Keeps the lines of steps <= upto: steps after the last checkpoint are redone."""
-    lines = [r for r in results.load(path) if r["step"] <= upto] if os.path.exists(path) else []
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in lines)
+def check_dirs(cfg: TrainConfig) -> None:
+    """Writes nothing: each method's directory must be writable and hold nothing of
+    another config (results.check_dir), nor checkpoints without their config.json."""
+    for method in cfg.methods:
+        run_dir = os.path.join(cfg.out_dir, method)
+        results.check_dir(run_dir, cfg.fingerprint(method))
+        has_config = os.path.exists(os.path.join(run_dir, results.CONFIG))
+        if not has_config and os.path.exists(os.path.join(run_dir, rc.CHECKPOINTS)):
+            raise ConfigError(
+                f"--out_dir={run_dir}: has {rc.CHECKPOINTS}/ but no {results.CONFIG}; "
+                "choose another --out_dir"
+            )
+
+
+def _trim(path: str, upto: int) -> list[dict]:
+    """Keeps the records of steps <= upto (steps after the last checkpoint are redone);
+    returns them."""
+    kept = [r for r in results.load(path) if r.get("step", 0) <= upto]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+    os.replace(tmp, path)
+    return kept
 
 
 def train_method(cfg: TrainConfig, method: str, log=print) -> dict:
-    """Trains (or resumes) one method; returns its final state."""
+    """Trains (or resumes) one method, then evaluates it once trained; returns its state."""
     run_dir = os.path.join(cfg.out_dir, method)
-    _check_dir(cfg, method, run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    results.write_json_atomic(os.path.join(run_dir, CONFIG), cfg.fingerprint(method))
-    tx = optax.adam(cfg.learning_rate)
-    state = init_state(cfg, tx)
-    mngr = _manager(os.path.join(run_dir, CHECKPOINTS), cfg.checkpoint_every)
+    results.init_dir(run_dir, cfg.fingerprint(method), cfg.to_json())
+    tx = rc.optimizer(cfg)
+    state = rc.init_state(cfg, tx)
+    mngr = rc.manager(os.path.join(run_dir, rc.CHECKPOINTS), cfg.checkpoint_every)
     start = mngr.latest_step() or 0
     if start:
-        state = mngr.restore(start, args=ocp.args.StandardRestore(state))
+        state = rc.restore(mngr, start, cfg, f"--out_dir={run_dir}")
         log(f"{method}: resumed from the checkpoint at step {start}")
-    metrics_path = os.path.join(run_dir, METRICS)
-    _trim_metrics(metrics_path, start)
+    path = os.path.join(run_dir, results.RESULTS)
+    kept = _trim(path, start)
     step = make_step(cfg, method, tx)
     end = cfg.steps if not cfg.stop_after else min(cfg.steps, cfg.stop_after)
-    with open(metrics_path, "a") as f:
+    device = jax.local_devices()[0]
+    # One handle, flushed to disk at each checkpoint: records after the last checkpoint
+    # are redone on resume anyway, so a per-step fsync would buy nothing.
+    with open(path, "a") as f:
         for i in range(start, end):
             state, m = step(state, jnp.int32(i))
-            line = {"id": f"{method}/{i + 1}", "status": "ok", "method": method, "step": i + 1}
-            f.write(json.dumps(line | balance.to_host(m), sort_keys=True) + "\n")
+            rec = record.train_step(
+                method=method,
+                step=i + 1,
+                metrics=balance.to_host(m),
+                config_name=cfg.config_name,
+                provenance=provenance(device),
+            )
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
             if (i + 1) % cfg.checkpoint_every == 0 or i + 1 == cfg.steps:
                 f.flush()
+                os.fsync(f.fileno())
                 mngr.save(i + 1, args=ocp.args.StandardSave(state), force=i + 1 == cfg.steps)
     mngr.wait_until_finished()
     mngr.close()
+    done = int(state["step"])
+    evaluated = [r for r in kept if r.get("kind") == record.ROUTER_EVAL]
+    fresh = evaluated and (evaluated[-1]["step"], evaluated[-1]["tokens"]) == (
+        done,
+        cfg.eval_tokens,
+    )
+    if done == cfg.steps and not fresh:
+        results.append(
+            path,
+            record.router_eval(
+                method=method,
+                step=done,
+                tokens=cfg.eval_tokens,
+                params=eval_params(cfg),
+                metrics=evaluate(cfg, state),
+                config_name=cfg.config_name,
+                provenance=provenance(device),
+            ),
+        )
     return state
 
 
 def run(cfg: TrainConfig, log=print) -> dict[str, dict]:
-    """Trains every method in turn; {method: final state}."""
+    """Checks every method's directory, then trains each in turn; {method: final state}."""
     validate(cfg)
+    check_dirs(cfg)
     return {m: train_method(cfg, m, log) for m in cfg.methods}
-
-
-def load_metrics(out_dir: str) -> list[dict]:
-    """Every method's metrics lines under OUT_DIR."""
-    out = []
-    for method in METHODS:
-        out += results.load(os.path.join(out_dir, method, METRICS))
-    return out
-
-
-# ---- a trained router in a sweep ----------------------------------------------------------
-
-
-def _run_dir(path: str) -> str:
-    path = os.path.normpath(path)
-    return os.path.dirname(path) if os.path.basename(path) == CHECKPOINTS else path
-
-
-def checkpoint_config(path: str, flag: str) -> TrainConfig:
-    """The TrainConfig a router checkpoint was trained with; ConfigError naming `flag`."""
-    run_dir = _run_dir(path)
-    cfg_path = os.path.join(run_dir, CONFIG)
-    if not os.path.exists(cfg_path) or not os.path.isdir(os.path.join(run_dir, CHECKPOINTS)):
-        raise ConfigError(
-            f"{flag}={path}: not a router checkpoint (expected {CONFIG} and {CHECKPOINTS}/ "
-            "written by experiments.train_router, in OUT_DIR/<method>)"
-        )
-    with open(cfg_path) as f:
-        d = json.load(f)
-    d.pop("method")
-    return TrainConfig(out_dir=os.path.dirname(run_dir), **d)
-
-
-def check_router_fits(path: str, width: int, experts: int, flag: str) -> TrainConfig:
-    """A checkpoint's router must have this model's width and number of experts."""
-    cfg = checkpoint_config(path, flag)
-    if (cfg.width, cfg.experts) != (width, experts):
-        raise ConfigError(
-            f"{flag}={path}: trained for width {cfg.width} and {cfg.experts} experts; this "
-            f"model has width {width} and {experts} experts"
-        )
-    return cfg
-
-
-def load_router(path: str, flag: str):
-    """(TrainConfig, router_DxE, bias_E) of the latest checkpoint under `path`."""
-    cfg = checkpoint_config(path, flag)
-    tx = optax.adam(cfg.learning_rate)
-    abstract = jax.eval_shape(lambda: init_state(cfg, tx))
-    mngr = _manager(os.path.join(_run_dir(path), CHECKPOINTS), cfg.checkpoint_every)
-    step = mngr.latest_step()
-    if step is None:
-        raise ConfigError(f"{flag}={path}: holds no checkpoint yet")
-    state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-    mngr.close()
-    return cfg, state["params"]["router"], state["balance"]["bias"]
-
-
-def summary(records: list[dict], last: int = 20) -> str:
-    """Each method's balance and loss, averaged over its last `last` steps."""
-    names = ("cv", "max_vio", "dropped_fraction", "entropy", "confidence", "task_loss", "z_loss")
-    lines = [f"{'method':<13} {'steps':>6} " + " ".join(f"{n:>16}" for n in names)]
-    for method in dict.fromkeys(r["method"] for r in records):
-        rs = sorted((r for r in records if r["method"] == method), key=lambda r: r["step"])
-        tail = rs[-last:]
-        lines.append(
-            f"{method:<13} {rs[-1]['step']:>6} "
-            + " ".join(f"{sum(r[n] for r in tail) / len(tail):>16.4g}" for n in names)
-        )
-    return "\n".join(lines)

@@ -1,95 +1,131 @@
-"""Every router on the same tokens and router weights, across batch sizes (claim C9).
+"""Every router on the same tokens and router weights, across batch sizes and logit skews,
+beside a dense yardstick: what imbalance costs (claim C9).
 
 python -m experiments.routing --flagfile=configs/moe/routing_balance.flags
+
+The sweep's own flags describe one moe_layer sweep (--routers, --skews, --token_means,
+...); this script runs it and its variants as ordinary sweeps, each a resumable results
+directory: OUT_DIR/routers (the flags as given), OUT_DIR/bpr (token choice with
+batch-prioritized routing, priority confidence) and OUT_DIR/dense (the ffn family: k
+dense FFNs of one expert's size, k = --top_ks). Then it prints the routing summary and
+writes the plots into OUT_DIR from those directories alone.
 """
 
 import os
+import shutil
+import sys
 
 from absl import flags
 
-from batchlab import timing
+from batchlab import dry_run, isolation, results, routing_report, sweep, workloads
 from batchlab.errors import ConfigError
-from batchlab.moe import compare, plots
-from batchlab.numerics import DTYPES, PRECISIONS, Numerics
-from experiments import cli
+from experiments import cli, sweep_flags
 
-_C = compare.CompareConfig(out_dir="")
-_T = _C.timing_spec
-
-ROUTERS = flags.DEFINE_list("routers", list(_C.routers), f"Routers: {', '.join(compare.ROUTERS)}.")
-SKEWS = flags.DEFINE_list("skews", [str(s) for s in _C.skews], "Logit skews s (0: unbiased).")
-BATCH_SIZES = flags.DEFINE_list(
-    "batch_sizes", [str(b) for b in _C.batch_sizes], "Tokens per group."
+F = sweep_flags.define()
+flags.FLAGS.set_default("model", "moe_layer")
+flags.FLAGS.set_default("out_dir", "runs/routing")
+VARIANTS = ("routers", "bpr", "dense")
+VARIANT = flags.DEFINE_list(
+    "variants",
+    list(VARIANTS),
+    "Sweeps to run, each into OUT_DIR/<name>: routers (the flags as given), bpr (token "
+    "choice, priority confidence), dense (k dense FFNs, the yardstick).",
 )
-WIDTH = flags.DEFINE_integer("width", _C.width, "Model width D.")
-FFN_WIDTH = flags.DEFINE_integer("ffn_width", _C.ffn, "Hidden width F of each expert.")
-FFN_KIND = flags.DEFINE_enum("ffn_kind", _C.ffn_kind, ["gated", "plain"], "SwiGLU or GELU experts.")
-EXPERTS = flags.DEFINE_integer("experts", _C.experts, "Experts E.")
-TOP_K = flags.DEFINE_integer("top_k", _C.top_k, "Experts per token k.")
-CAPACITY_FACTOR = flags.DEFINE_float(
-    "capacity_factor", _C.capacity_factor, "C = ceil(cf·k·B/E) slots per expert (> 0)."
+DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Validate and print each sweep's grid; write nothing."
 )
-TOKEN_MEAN = flags.DEFINE_float(
-    "token_mean", _C.token_mean, "Scale of a direction every token shares (0: isotropic)."
-)
-DISPATCH = flags.DEFINE_string("dispatch", _C.dispatch, "slots, sorted, ragged or auto (timed).")
-ROUTER_CHECKPOINT = flags.DEFINE_string(
-    "router_checkpoint", "", "A router trained by experiments.train_router (OUT_DIR/<method>)."
-)
-DTYPE = flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Weights and activations dtype.")
-PRECISION = flags.DEFINE_enum("precision", "default", list(PRECISIONS), "Matmul precision.")
-TIME_BUDGET_S = flags.DEFINE_float("time_budget_s", _T.time_budget_s, "Seconds per point.")
-TARGET_SPREAD = flags.DEFINE_float("target_spread", _T.target_spread, "IQR/median to stop at.")
-MIN_REPS = flags.DEFINE_integer("min_reps", _T.min_reps, "Timed calls per point, at least.")
-WEIGHT_COPIES = flags.DEFINE_integer("weight_copies", 1, "Rotate weight copies (cold reads).")
-BANDWIDTH = flags.DEFINE_float("bandwidth", None, "Memory bandwidth in B/s; unset: calibrate.")
-SEED = flags.DEFINE_integer("seed", 0, "Seed of weights and tokens.")
-OUT_DIR = flags.DEFINE_string("out_dir", "runs/routing", "Results directory; a rerun resumes.")
-DRY_RUN = flags.DEFINE_bool("dry_run", False, "Validate and print the grid; write nothing.")
-PLOT = flags.DEFINE_bool("plot", True, "Write the plots at the end.")
+PLOT = flags.DEFINE_bool("plot", True, "Write the plots into OUT_DIR at the end.")
 
 
-def _numbers(flag, cast):
-    try:
-        return tuple(cast(v) for v in flag.value)
-    except ValueError:
-        raise ConfigError(f"--{flag.name}: {flag.value} are not all numbers") from None
+def _name(line: str) -> str:
+    return line[2:].split("=", 1)[0]
+
+
+def _args(lines: list[str], drop, **values) -> list[str]:
+    """The resolved flags, less those in `drop`, with `values` set. --recalibrate is this
+    script's to act on once, not a sweep's to repeat on every rerun of its flags.txt."""
+    drop = {*drop, *values, "recalibrate", "norecalibrate"}
+    return [ln for ln in lines if _name(ln) not in drop] + [f"--{k}={v}" for k, v in values.items()]
+
+
+def variants(out_dir: str) -> dict[str, list[str]]:
+    """name -> the sweep's arguments (a re-runnable flagfile's lines)."""
+    lines = [ln for ln in sweep_flags.resolved_flagfile(F).splitlines() if ln.startswith("--")]
+    mine = {p.flag for p in workloads.get("ffn").params}
+    not_ffn = [name for name in F.family if name not in mine]
+    base = sweep_flags.sweep_config(F)
+    copies = ",".join(str(k) for k in base.grid["top_k"])
+    args = {
+        "routers": _args(lines, (), out_dir=os.path.join(out_dir, "routers")),
+        "bpr": _args(
+            lines,
+            (),
+            routers="token_choice",
+            priorities="confidence",
+            out_dir=os.path.join(out_dir, "bpr"),
+        ),
+        "dense": _args(
+            lines, not_ffn, model="ffn", copies=copies, out_dir=os.path.join(out_dir, "dense")
+        ),
+    }
+    return {name: args[name] for name in VARIANT.value}
+
+
+def check() -> None:
+    """Everything but the variants and the model comes from the sweep's flags."""
+    for name in VARIANT.value:
+        if name not in VARIANTS:
+            raise ConfigError(f"--variants: {name!r} is not one of {', '.join(VARIANTS)}")
+    if not VARIANT.value:
+        raise ConfigError(f"--variants: give at least one of {', '.join(VARIANTS)}")
+    if F.model.value != "moe_layer":
+        raise ConfigError(
+            f"--model={F.model.value}: experiments.routing sweeps moe_layer (and ffn for the "
+            "yardstick); leave --model out"
+        )
+    if F.num_shards.value > 1 or F.distributed.value or F.num_processes.value:
+        raise ConfigError(
+            "--num_shards, --distributed, --num_processes: run each sweep of the comparison "
+            "with experiments.sweep for that (its flags.txt)"
+        )
 
 
 def main(argv):
-    cfg = compare.CompareConfig(
-        out_dir=OUT_DIR.value,
-        routers=tuple(ROUTERS.value),
-        skews=_numbers(SKEWS, float),
-        batch_sizes=_numbers(BATCH_SIZES, int),
-        width=WIDTH.value,
-        ffn=FFN_WIDTH.value,
-        ffn_kind=FFN_KIND.value,
-        experts=EXPERTS.value,
-        top_k=TOP_K.value,
-        capacity_factor=CAPACITY_FACTOR.value,
-        token_mean=TOKEN_MEAN.value,
-        dispatch=DISPATCH.value,
-        router_checkpoint=ROUTER_CHECKPOINT.value,
-        numerics=Numerics(DTYPE.value, PRECISION.value),
-        timing_spec=timing.TimingSpec(
-            target_spread=TARGET_SPREAD.value,
-            time_budget_s=TIME_BUDGET_S.value,
-            min_reps=MIN_REPS.value,
-        ),
-        weight_copies=WEIGHT_COPIES.value,
-        bandwidth=BANDWIDTH.value,
-        seed=SEED.value,
-    )
-    compare.validate(cfg)
+    check()
+    out_dir = F.out_dir.value
+    args = variants(out_dir)
+    configs = {name: sweep_flags.parse(a) for name, a in args.items()}
+    for cfg in configs.values():
+        sweep.check_out_dir(cfg)
     if DRY_RUN.value:
-        print(compare.grid_text(cfg))
+        for name, cfg in configs.items():
+            print(f"{name}:\n{dry_run.grid_text(cfg)}")
         return
-    records = compare.run(cfg)
-    print(compare.summary(records))
+    if F.recalibrate.value:
+        for cfg in configs.values():
+            sweep.forget_calibration(cfg)
+    names = list(configs)
+    for i, name in enumerate(names):
+        cfg = configs[name]
+        text = "# resolved flags; re-run with python -m experiments.sweep --flagfile=THIS_FILE\n"
+        print(f"\n{name}: {cfg.out_dir}", flush=True)
+        run = isolation.run_supervised if cfg.isolate else sweep.run_job
+        rc = run(cfg, text + "\n".join(sorted(args[name])) + "\n")
+        if rc:
+            sys.exit(rc)
+        # One calibration for the comparison: the later sweeps reuse this one's.
+        measured = os.path.join(cfg.out_dir, results.CALIBRATION)
+        for later in names[i + 1 :]:
+            own = os.path.join(configs[later].out_dir, results.CALIBRATION)
+            if os.path.exists(measured) and not os.path.exists(own):
+                os.makedirs(configs[later].out_dir, exist_ok=True)
+                shutil.copy(measured, own)
+    records = routing_report.load(out_dir, warn=print)
+    print(routing_report.summary(records))
     if PLOT.value:
-        print(f"plots: {', '.join(plots.routing_plots(cfg.out_dir))}")
-    print(f"results: {os.path.join(cfg.out_dir, compare.RESULTS)}")
+        print(f"plots: {', '.join(routing_report.plots(out_dir, records))}")
+    for cfg in configs.values():
+        print(f"results: {os.path.join(cfg.out_dir, results.RESULTS)}")
 
 
 if __name__ == "__main__":

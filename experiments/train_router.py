@@ -1,4 +1,7 @@
-"""Trains a router with each balancing method and shows balance over training.
+"""Trains a router with each balancing method, shows balance over training, and evaluates
+each trained router on fresh tokens (claim C9). Each method is a resumable results
+directory OUT_DIR/<method>: config.json, results.jsonl (train_step records, then one
+router_eval record) and checkpoints/.
 
 python -m experiments.train_router --flagfile=configs/moe/train_router.flags
 """
@@ -7,8 +10,7 @@ import os
 
 from absl import flags, logging
 
-from batchlab import train
-from batchlab.moe import plots
+from batchlab import results, routing_report, train
 from experiments import cli
 
 _C = train.TrainConfig(out_dir="")
@@ -37,7 +39,18 @@ CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", _C.checkpoint_every,
 STOP_AFTER = flags.DEFINE_integer(
     "stop_after", 0, "Stop after this many steps, as if interrupted (0: run to the end)."
 )
-OUT_DIR = flags.DEFINE_string("out_dir", "runs/train_router", "Output; a rerun resumes.")
+EVAL_TOKENS = flags.DEFINE_integer(
+    "eval_tokens", _C.eval_tokens, "Fresh task tokens each trained router is evaluated on."
+)
+CONFIG_NAME = flags.DEFINE_string(
+    "config_name",
+    "",
+    "The name of this config (configs/moe/train_router.flags sets train_router, which the "
+    "report's claim C9 reads).",
+)
+OUT_DIR = flags.DEFINE_string(
+    "out_dir", "runs/train_router", "Results go to OUT_DIR/<method>; a rerun resumes."
+)
 DRY_RUN = flags.DEFINE_bool("dry_run", False, "Validate and print the plan; write nothing.")
 PLOT = flags.DEFINE_bool("plot", True, "Write OUT_DIR/train_router.png at the end.")
 
@@ -66,20 +79,25 @@ def main(argv):
         seed=SEED.value,
         checkpoint_every=CHECKPOINT_EVERY.value,
         stop_after=STOP_AFTER.value,
+        eval_tokens=EVAL_TOKENS.value,
+        config_name=CONFIG_NAME.value,
     )
     train.validate(cfg)
+    train.check_dirs(cfg)
     if DRY_RUN.value:
         print(
-            f"{len(cfg.methods) * cfg.steps} points, {len(cfg.methods)} methods "
-            f"({', '.join(cfg.methods)}) x {cfg.steps} steps of {cfg.tokens} tokens; "
-            f"E={cfg.experts}, k={cfg.top_k}, {cfg.router}; out_dir {cfg.out_dir}"
+            f"{len(cfg.methods) * cfg.steps} steps, {len(cfg.methods)} methods "
+            f"({', '.join(cfg.methods)}) x {cfg.steps} steps of {cfg.tokens} tokens, then "
+            f"each trained router on {cfg.eval_tokens} fresh tokens; E={cfg.experts}, "
+            f"k={cfg.top_k}, {cfg.router}; out_dir {cfg.out_dir}/<method>"
         )
         return
     train.run(cfg)
-    print(train.summary(train.load_metrics(cfg.out_dir)))
+    records = routing_report.load(cfg.out_dir, warn=print)
+    print(routing_report.train_summary(records))
     if PLOT.value:
-        print(f"plot: {plots.train_plot(cfg.out_dir)}")
-    print(f"metrics: {os.path.join(cfg.out_dir, '<method>', train.METRICS)}")
+        print(f"plot: {routing_report.train_plot(cfg.out_dir, records)}")
+    print(f"results: {os.path.join(cfg.out_dir, '<method>', results.RESULTS)}")
 
 
 if __name__ == "__main__":

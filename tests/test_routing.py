@@ -1,14 +1,25 @@
-"""Routers, balance metrics and losses against hand calculations and plain numpy."""
+"""Routers, balance metrics and losses against hand calculations and plain numpy; the
+routing comparison (experiments.routing) as three ordinary sweeps on identical inputs."""
 
+import ast
+import json
 import math
+import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import ROOT, run_cli
 
-from batchlab import timing
-from batchlab.moe import balance, compare, routing
+from batchlab import distributed, record, results, routing_report, timing
+from batchlab.errors import ConfigError
+from batchlab.moe import balance, dispatch, routing
+from batchlab.moe import cost as moecost
+from batchlab.numerics import Numerics
+from batchlab.workloads import ffn as ffn_wl
+from batchlab.workloads import moe as wl
 
 LN3 = math.log(3.0)
 # Eager, every op would compile on its own: jit the whole function once.
@@ -171,31 +182,217 @@ def test_loss_free_bias_moves_load_toward_balance_on_a_skewed_stream():
     assert float(bias[-1]) < 0 < float(bias[0])  # favoured experts pushed down
 
 
-def test_routing_comparison_on_identical_inputs(tmp_path):
-    cfg = compare.CompareConfig(
-        out_dir=str(tmp_path),
-        routers=("token_choice", "expert_choice"),
-        skews=(0.0, 3.0),
-        batch_sizes=(32,),
-        width=16,
-        ffn=16,
-        experts=4,
-        dispatch="slots",
-        timing_spec=timing.TimingSpec(target_spread=0.5, time_budget_s=0.02, min_reps=3),
-        bandwidth=1e10,
+# ---- the routing comparison ------------------------------------------------------------
+
+LAYER = {p.name: p.default[0] for p in wl.LAYER.params} | {
+    "width": 16,
+    "ffn": 16,
+    "experts": 4,
+    "dispatch": "slots",
+}
+
+
+def layer(batch, **kw):
+    """moe_layer at `batch` with the sweep's key for it (seed 0)."""
+    key = jax.random.fold_in(jax.random.PRNGKey(0), batch)
+    return wl.LAYER.build(LAYER | kw, batch, Numerics(), key)
+
+
+def test_every_router_at_a_batch_gets_the_same_tokens_and_weights():
+    tc, ec = layer(32), layer(32, router="expert_choice", skew=3.0)
+    uni, ffn = (
+        layer(32, router="uniform"),
+        ffn_wl.FAMILY.build(
+            {"width": 16, "ffn": 16, "ffn_kind": "gated", "copies": 2},
+            32,
+            Numerics(),
+            jax.random.fold_in(jax.random.PRNGKey(0), 32),
+        ),
     )
-    records = compare.run(cfg, log=lambda s: None)
-    by = {(r["router"], r["skew"]): r for r in records}
-    assert len(records) == 5  # the dense yardstick, then 2 routers x 2 skews
-    tc0, tc3 = by[("token_choice", 0.0)]["metrics"], by[("token_choice", 3.0)]["metrics"]
-    ec3 = by[("expert_choice", 3.0)]["metrics"]
+    for other in (ec, uni, ffn):
+        np.testing.assert_array_equal(tc.inputs[0], other.inputs[0])
+    for a, b in zip(
+        jax.tree.leaves(tc.weights["params"]["experts"]),
+        jax.tree.leaves(ec.weights["params"]["experts"]),
+    ):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(tc.weights["params"]["router"], ec.weights["params"]["router"])
+    assert len(tc.inputs) == 1  # no skew, no offset: the layer the seed sweeps time
+    ramp = 3.0 * np.array([-1, -1 / 3, 1 / 3, 1])
+    np.testing.assert_allclose(ec.inputs[1], np.broadcast_to(ramp, (32, 4)), rtol=1e-6)
+    # Uniform: no router weights, random logits per token, so the picks ignore the tokens.
+    assert not np.any(uni.weights["params"]["router"]) and uni.inputs[1].shape == (32, 4)
+    assert np.std(np.asarray(uni.inputs[1])) > 0.5
+    # A shared direction in the tokens moves them all the same way.
+    key = jax.random.fold_in(jax.random.PRNGKey(0), 32)
+    shifted = ffn_wl.tokens(key, 32, 16, jnp.float32, 2.0) - tc.inputs[0]
+    assert np.allclose(shifted, shifted[0], atol=1e-5) and np.abs(shifted[0]).mean() > 0.5
+
+
+def test_the_dense_yardstick_costs_k_ffns_of_one_expert():
+    point = {"width": 16, "ffn": 24, "ffn_kind": "gated", "copies": 2}
+    work = ffn_wl.FAMILY.build(point, 8, Numerics(), jax.random.PRNGKey(0))
+    one = moecost.dense_ffn_cost(point, 8, Numerics())
+    assert work.cost.flops == 2 * one.flops == 2 * 2 * 8 * 3 * 16 * 24
+    assert work.cost.weight_bytes == 2 * 4 * 3 * 16 * 24
+    xla = timing.compile_ahead(work.fn, (work.weights, *work.inputs)).cost_analysis
+    assert work.cost.flops <= xla["flops"] <= 1.1 * work.cost.flops
+    out = jax.jit(work.fn)(work.weights, *work.inputs)
+    want = sum(dispatch.expert_ffn(w, work.inputs[0]) for w in work.weights)
+    np.testing.assert_allclose(out, want, rtol=1e-5)
+
+
+def test_a_skewed_layer_on_one_expert_axis_equals_the_single_device_layer():
+    work = layer(16, skew=2.0, router="token_choice")
+    mesh = distributed.make_mesh((("expert", 1),))
+    placed = distributed.place_workload(work, 16, mesh)
+    assert placed.metrics["dispatch"]["chosen"] == "all_to_all" and len(placed.inputs) == 2
+    got = jax.jit(placed.fn)(placed.weights, *placed.inputs)
+    np.testing.assert_allclose(got, jax.jit(work.fn)(work.weights, *work.inputs), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", [wl.DECODE, wl.PREFILL], ids=lambda f: f.name)
+def test_decoders_refuse_the_uniform_router(family):
+    point = {p.name: p.default[0] for p in family.params} | {"router": "uniform"}
+    with pytest.raises(ConfigError, match="^--routers=uniform: random picks .*moe_layer"):
+        family.validate(point)
+
+
+ROUTING = [
+    "--routers=token_choice,expert_choice,uniform",
+    "--skews=0,3",
+    "--batch_sizes=32",
+    "--widths=16",
+    "--ffn_widths=16",
+    "--experts=4",
+    "--dispatches=slots",
+    "--config_name=routing",
+    "--predict_for=",
+    "--peak_flops=1e11",
+    "--bandwidth=1e10",
+    "--target_spread=0.5",
+    "--time_budget_s=0.02",
+    "--min_reps=3",
+    "--warmup_reps=1",
+    "--noisolate",
+]
+
+
+def files(out) -> dict:
+    return {p: p.read_bytes() for p in sorted(Path(out).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    """(OUT_DIR, stdout) of one run of experiments.routing."""
+    out = tmp_path_factory.mktemp("routing")
+    proc = run_cli(*ROUTING, f"--out_dir={out}", module="experiments.routing")
+    assert proc.returncode == 0, proc.stderr
+    return out, proc.stdout
+
+
+def _by(out):
+    recs = routing_report.load(str(out))
+    moe = {
+        (routing_report.router_label(r), r["params"]["skew"]): r["metrics"]["balance"][0]
+        for r in recs
+        if r["model"] == "moe_layer"
+    }
+    return recs, moe
+
+
+def test_the_comparison_is_three_ordinary_sweeps_on_identical_inputs(comparison):
+    out, stdout = comparison
+    for name, model, n in (
+        ("routers", "moe_layer", 6),
+        ("bpr", "moe_layer", 2),
+        ("dense", "ffn", 1),
+    ):
+        d = out / name
+        assert {"config.json", "flags.txt", "results.jsonl"} <= set(os.listdir(d))
+        config = json.loads((d / results.CONFIG).read_text())
+        assert config["fingerprint"]["model"] == model
+        assert config["fingerprint"]["config_name"] == "routing"
+        recs = results.load(str(d / results.RESULTS))
+        assert len(recs) == n and all(r["status"] == "ok" for r in recs)
+        for r in recs:
+            assert r["schema"] == record.SCHEMA_VERSION and r["kind"] == record.SWEEP
+            assert r["config_name"] == "routing" and r["provenance"]["device_kind"]
+            assert record.problem(r) is None
+    assert "--priorities=confidence" in (out / "bpr" / results.FLAGS).read_text()
+    recs, by = _by(out)
+    tc0, tc3 = by[("token_choice", 0.0)], by[("token_choice", 3.0)]
+    # The same tokens and router weights in every sweep: each top-k router asks for the
+    # same load at a skew (expert choice's load_before is token choice's picks).
+    for s in (0.0, 3.0):
+        assert by[("expert_choice", s)]["load_before"] == by[("token_choice", s)]["load_before"]
+        assert by[("token_choice_bpr", s)]["load_before"] == by[("token_choice", s)]["load_before"]
     assert tc3["max_vio"] > tc0["max_vio"] and tc3["dropped_fraction"] > tc0["dropped_fraction"]
     assert tc3["load_before"][-1] == max(tc3["load_before"])  # the skew favours the last
-    assert ec3["load_before"] == tc3["load_before"]  # same tokens, same router weights
-    assert ec3["max_vio_after"] == 0
-    assert by[("dense", 0.0)]["k_experts_read_s"] == pytest.approx(2 * 3 * 16 * 16 * 4 / 1e10)
-    text = compare.summary(records)
-    assert "How much slower is a layer whose busiest expert" in text
+    assert by[("expert_choice", 3.0)]["max_vio_after"] == 0
+    # Uniform random picks: balanced, within the null model of C9 (32 tokens, 2 of 4).
+    null = balance.uniform_cv_null(32, 2, 4)
+    assert by[("uniform", 0.0)]["cv"] <= np.quantile(null, 0.99) < tc3["cv"]
+    # The yardstick and the summary, from the stored records only.
+    (dense,) = [r for r in recs if r["model"] == "ffn"]
+    assert dense["params"]["copies"] == 2 and dense["cost"]["weight_bytes"] == 2 * 3 * 16 * 16 * 4
+    assert routing_report.read_time(dense)[0] == pytest.approx(2 * 3 * 16 * 16 * 4 / 1e10)
+    assert "How much slower is a layer whose busiest expert" in stdout
+    assert f"reading k experts' weights at 10.0 GB/s: {2 * 3 * 16 * 16 * 4 / 1e7:.3f} ms" in stdout
     x0, x3 = (f"{100 * m['max_vio']:+.0f}" for m in (tc0, tc3))
-    assert "token_choice (slots): time" in text and f"b=32: X {x0}/{x3}% -> time 1.00/" in text
-    assert compare.run(cfg, log=lambda s: None) == records  # a rerun measures nothing
+    assert "token_choice (slots): time" in stdout and f"b=32: X {x0}/{x3}% -> time 1.00/" in stdout
+    assert "token_choice_bpr (slots): time" in stdout and "uniform (slots): time" in stdout
+    for name in routing_report.FILES:
+        assert (out / name).stat().st_size > 10_000
+
+
+def test_a_rerun_measures_nothing_twice(comparison):
+    out, _ = comparison
+    before = files(out)
+    proc = run_cli(*ROUTING, f"--out_dir={out}", "--noplot", module="experiments.routing")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("nothing to measure") == 3
+    assert files(out) == before
+
+
+def test_a_different_config_is_refused_in_one_line(comparison):
+    out, _ = comparison
+    before = files(out)
+    proc = run_cli(*ROUTING, f"--out_dir={out}", "--seed=1", module="experiments.routing")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith(f"error: --out_dir={out}/routers: holds results of a different")
+    assert "seed 0 there, 1 now" in proc.stderr
+    assert files(out) == before
+
+
+def test_the_plots_keep_their_legends_off_the_data(comparison):
+    out, _ = comparison
+    figures = routing_report.figures(routing_report.load(str(out)))
+    assert set(figures) == set(routing_report.FILES)
+    for fig in figures.values():
+        fig.canvas.draw()
+        assert fig.legends and all(ax.get_legend() is None for ax in fig.axes)
+        for legend in fig.legends:
+            box = legend.get_window_extent()
+            for ax in fig.axes:
+                assert not box.overlaps(ax.get_window_extent()), (legend, ax)
+
+
+def test_the_moe_kernels_import_nothing_above_them():
+    allowed = ("batchlab.moe", "batchlab.cost", "batchlab.numerics", "batchlab.errors")
+    moe = Path(ROOT, "batchlab", "moe")
+    assert sorted(p.name for p in moe.glob("*.py")) == [
+        "__init__.py",
+        "balance.py",
+        "cost.py",
+        "dispatch.py",
+        "expert_parallel.py",
+        "routing.py",
+    ]
+    for path in moe.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module.startswith("batchlab"):
+                names = [f"{node.module}.{a.name}" for a in node.names]
+                assert all(n.startswith(allowed) for n in names), (path.name, names)
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("batchlab") for a in node.names), path.name
