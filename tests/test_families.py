@@ -22,7 +22,6 @@ import pytest
 
 from batchlab import timing, workloads
 from batchlab.numerics import Numerics
-from batchlab.workloads import decoder as dec_wl
 
 USER_MODULES = ["fault_family"]
 USER_MODULES += [m for m in os.environ.get("BATCHLAB_FAMILY_MODULES", "").split(",") if m]
@@ -32,27 +31,6 @@ BATCH = 2  # more than one, so a cost that ignores the batch shows; not a fault 
 NUMERICS = Numerics()
 # Defaults this small may stand in for a family's missing examples.
 SMALL_FLOPS, SMALL_WEIGHT_BYTES = 1e8, 2**20
-
-# Examples of families that do not declare them yet; a family's own examples win.
-_MOE = {"experts": 4, "top_k": 2, "dispatch": "slots"}  # sorted, ragged: see "moe_layer" below
-FALLBACK_EXAMPLES = {
-    "moe_layer": (
-        {"width": 32, "ffn": 48} | _MOE,
-        {"width": 32, "ffn": 48, "router": "expert_choice"} | _MOE,
-    ),
-    "moe_decode": (
-        dec_wl.SMALL_MODEL | _MOE | {"moe_every": 1, "context": 15},
-        # top-2 of 2 experts: dropless computes every row it counts, and reads every expert.
-        dec_wl.SMALL_MODEL
-        | _MOE
-        | {"experts": 2, "router": "dropless", "moe_every": 1}
-        | {"context": 7},
-    ),
-    "moe_prefill": (
-        dec_wl.SMALL_MODEL | _MOE | {"router": "expert_choice", "moe_every": 1, "prompt_len": 8},
-        dec_wl.SMALL_MODEL | _MOE | {"moe_every": 1, "priority": "confidence", "prompt_len": 6},
-    ),
-}
 
 
 def nbytes(tree) -> int:
@@ -166,7 +144,7 @@ class Case:
 def cases(family: workloads.Family) -> list[Case]:
     """Its examples at BATCH; without any, its defaults at batches 1 and 2 if they are small."""
     defaults = {p.name: p.default[0] for p in family.params}
-    examples = family.examples or FALLBACK_EXAMPLES.get(family.name, ())
+    examples = family.examples
     for i, example in enumerate(examples):
         if unknown := set(example) - set(defaults):
             problem = f"{family.name}: example {i} sets unknown parameters {sorted(unknown)}"
@@ -237,13 +215,6 @@ def test_weight_bytes_match_the_weights_shapes(built):
 def test_every_registered_family_has_cases():
     assert {c.family.name for c in CASES} == set(workloads.REGISTRY)
     assert "fault" in workloads.REGISTRY  # registered through import_family_modules
-
-
-def test_fallback_examples_only_stand_in_for_missing_ones():
-    for name in FALLBACK_EXAMPLES:
-        assert not workloads.REGISTRY[name].examples, (
-            f"{name} declares its own examples now: delete its FALLBACK_EXAMPLES entry"
-        )
 
 
 def test_a_family_without_examples_uses_small_defaults_or_asks_for_them():

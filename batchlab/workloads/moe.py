@@ -437,6 +437,10 @@ def build_prefill(point: Point, batch: int, numerics: Numerics, key) -> Workload
     )
 
 
+# Small points for the tests' cost checks; the slots dispatch, whose padded FLOPs the cost
+# model counts (XLA counts every expert's branch of "sorted" and dense work for "ragged").
+_SMALL = {"experts": 4, "top_k": 2, "dispatch": "slots", "moe_every": 1}
+
 LAYER = Family(
     name="moe_layer",
     description="one MoE FFN layer (router, dispatch, experts, combine) over a group of tokens",
@@ -448,6 +452,11 @@ LAYER = Family(
     mesh_axes=("data", expert_parallel.EXPERT),
     axis_params={expert_parallel.EXPERT: "experts"},
     mesh_cost=layer_mesh_cost,
+    examples=(
+        {"width": 32, "ffn": 48, "experts": 4, "top_k": 2, "dispatch": "slots"},
+        {"width": 32, "ffn": 48, "experts": 4, "top_k": 2, "dispatch": "slots"}
+        | {"router": "expert_choice"},
+    ),
 )
 
 DECODE = Family(
@@ -458,6 +467,11 @@ DECODE = Family(
     build=build_decode,
     validate=validate_decode,
     batch_unit="sequences",
+    examples=(
+        dec_wl.SMALL_MODEL | _SMALL | {"context": 15},
+        # top-2 of 2 experts: dropless computes every row it counts, and reads every expert.
+        dec_wl.SMALL_MODEL | _SMALL | {"experts": 2, "router": "dropless", "context": 7},
+    ),
 )
 
 PREFILL = Family(
@@ -469,4 +483,8 @@ PREFILL = Family(
     validate=validate_prefill,
     batch_unit="sequences",
     plot_axes=("prompt_len",),
+    examples=(
+        dec_wl.SMALL_MODEL | _SMALL | {"router": "expert_choice", "prompt_len": 8},
+        dec_wl.SMALL_MODEL | _SMALL | {"priority": "confidence", "prompt_len": 6},
+    ),
 )
