@@ -309,13 +309,9 @@ def figure(records: list[dict], x: str = "batch", title: str = "") -> Figure:
     return fig
 
 
-def plot_records(
-    records: list[dict], path: str, x: str = "batch", title: str = "", short_labels: bool = True
-) -> str:
+def plot_records(records: list[dict], path: str, x: str = "batch", title: str = "") -> str:
     """figure(records, x, title) saved at `path` (written whole, then renamed into place,
-    so a reader never sees half a PNG); returns `path`. `short_labels` is accepted for
-    older callers: labels are always short now."""
-    del short_labels
+    so a reader never sees half a PNG); returns `path`."""
     fig = figure(records, x, title)
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:

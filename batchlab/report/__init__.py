@@ -162,7 +162,7 @@ def _plot(config: ReportConfig, claim: claims.Claim, read, warn) -> str:
     name = f"{claim.id.lower()}.png"
     try:
         title = f"{claim.id}: measured (solid) vs roofline (dashed)"
-        plotting.plot_records(mine, os.path.join(config.out_dir, name), claim.plot_x, title, True)
+        plotting.plot_records(mine, os.path.join(config.out_dir, name), claim.plot_x, title)
     except (ValueError, KeyError) as e:
         warn(f"{claim.id}: no plot ({e})")
         return ""
