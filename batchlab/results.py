@@ -34,9 +34,10 @@ def append(path: str, rec: dict) -> None:
         os.fsync(f.fileno())
 
 
-def load(path: str, warn=None) -> list[dict]:
+def load(path: str, warn=None, complete: bool = False) -> list[dict]:
     """The records of a results file. A malformed line (a torn last line after a crash,
-    say) is skipped, and `warn` is told its file and line; nothing else is lost."""
+    say) is skipped, and `warn` is told its file and line; nothing else is lost. With
+    `complete`, records lacking what readers rely on (record.problem) are skipped too."""
     if not os.path.exists(path):
         return []
     records = []
@@ -45,10 +46,14 @@ def load(path: str, warn=None) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                records.append(record.parse(line))
+                r = record.parse(line)
+                problem = record.problem(r) if complete else None
             except record.MalformedRecord as e:
-                if warn:
-                    warn(f"{path}:{n}: skipped: {e}")
+                problem = str(e)
+            if problem is None:
+                records.append(r)
+            elif warn:
+                warn(f"{path}:{n}: skipped: {problem}")
     return records
 
 

@@ -83,26 +83,6 @@ def find_results_dirs(path: str, warn) -> list[str]:
     return found
 
 
-def read_results(path: str, warn) -> list[dict]:
-    """The usable records of a results.jsonl; each bad line is skipped and named."""
-    records = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = record.parse(line)
-            except record.MalformedRecord as e:
-                warn(f"{path}:{n}: skipped: {e}")
-                continue
-            problem = record.problem(r)
-            if problem:
-                warn(f"{path}:{n}: skipped: {problem}")
-            else:
-                records.append(r)
-    return records
-
-
 def _json(path: str, warn) -> dict:
     if not os.path.exists(path):
         return {}
@@ -150,7 +130,9 @@ def read(paths, warn, predict_for=()) -> Sources:
             cal = top | _json(os.path.join(d, results.CALIBRATION), warn)
             # The last record of each point: a retried point supersedes its failure.
             recs = list(
-                results.latest_by_id(read_results(os.path.join(d, results.RESULTS), warn)).values()
+                results.latest_by_id(
+                    results.load(os.path.join(d, results.RESULTS), warn, complete=True)
+                ).values()
             )
             record.upgrade_v1(recs, _config_name(d, config, runs), targets)
             if not recs:
