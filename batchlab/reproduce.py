@@ -242,9 +242,9 @@ def _probe_main(out_dir: str, numerics: list[Numerics]) -> None:
     results.write_json_atomic(os.path.join(out_dir, MACHINE), info)
 
 
-def ignore_cache(out_dir: str, planned: list[Planned]) -> None:
-    """A compilation cache inside OUT_DIR is listed in OUT_DIR/.gitignore, so results
-    committed as a reference leave its binaries out."""
+def ignore_binaries(out_dir: str, planned: list[Planned]) -> None:
+    """A compilation cache inside OUT_DIR and the router checkpoints are listed in
+    OUT_DIR/.gitignore, so results committed as a reference leave their binaries out."""
     caches = {
         f.split("=", 1)[1] for p in planned for f in p.flags if f.startswith("--compilation_cache")
     }
@@ -254,6 +254,8 @@ def ignore_cache(out_dir: str, planned: list[Planned]) -> None:
         for c in caches
         if os.path.commonpath([os.path.abspath(os.path.join(root, c)), out_dir]) == out_dir
     ]
+    if any(p.name == TRAIN for p in planned):
+        inside.append(f"{TRAIN}/*/checkpoints")
     if inside:
         with open(os.path.join(out_dir, ".gitignore"), "w") as f:
             f.write("".join(f"{c}/\n" for c in sorted(inside)))

@@ -64,7 +64,7 @@ def run(config: reproduce.ReproduceConfig) -> str | None:
         machine = {"kind": "not probed (dry run)", "memory_bytes": reproduce.host_memory_bytes()}
     else:
         os.makedirs(out_dir, exist_ok=True)
-        reproduce.ignore_cache(out_dir, planned)
+        reproduce.ignore_binaries(out_dir, planned)
         machine = reproduce.probe(out_dir, numerics)
     available = config.memory_bytes or machine.get("memory_bytes")
     reproduce.fit_memory(planned, available)

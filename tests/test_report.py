@@ -6,6 +6,7 @@ here, no real sweeps."""
 import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -517,6 +518,16 @@ def test_reproduce_plans_budgets_and_memory(tmp_path):
     assert resnet.flags[-1] == "--batch_sizes=1,2,3,4" and "8,16 left out" in resnet.dropped[0]
     reproduce.fit_memory(planned, 0.5e9)
     assert all(p.status == "skipped" and "0.5 GB available" in p.reason for p in (mlp, resnet))
+    # Binaries a reproduction leaves in OUT_DIR stay out of a committed reference.
+    out = os.path.join(root, "runs", "repro_ignore_test")
+    planned_here = reproduce.plan(dataclasses.replace(cfg, out_dir=out), root, sweep_flags.parse)
+    os.makedirs(out, exist_ok=True)
+    try:
+        reproduce.ignore_binaries(out, planned_here)
+        with open(os.path.join(out, ".gitignore")) as f:
+            assert f.read().splitlines() == ["compilation_cache/", "train_router/*/checkpoints/"]
+    finally:
+        shutil.rmtree(out)
     full = reproduce.plan(dataclasses.replace(cfg, budget="full"), root, sweep_flags.parse)
     assert full[2].flagfile == "configs/seed/resnet50.flags"
     with pytest.raises(reproduce.ConfigError, match="--budget=huge"):

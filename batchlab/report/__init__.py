@@ -97,12 +97,18 @@ def _headline(claim: claims.Claim, verdict: vd.Verdict, parts: list) -> str:
 
 def _header(config: ReportConfig, read: sources.Sources, devices: dict) -> str:
     records = read.records()
-    failed = sum(r["status"] != "ok" for r in records)
+    points = [r for r in records if r.get("kind", record.SWEEP) == record.SWEEP]
+    failed = sum(r["status"] != "ok" for r in points)
+    others = (
+        f", {len(records) - len(points)} router-training records"
+        if len(points) < len(records)
+        else ""
+    )
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         '# Reproducing "How does batching work on modern GPUs?"',
-        f"Built {when} from {len(read.dirs)} results directories ({len(records)} records, "
-        f"{failed} failed) measured on: {', '.join(devices) or 'no device'}."
+        f"Built {when} from {len(read.dirs)} results directories ({len(points)} points, "
+        f"{failed} failed{others}) measured on: {', '.join(devices) or 'no device'}."
         + (f" Made by `{config.command}`." if config.command else ""),
     ]
     return "\n\n".join(lines)
