@@ -3,8 +3,8 @@ circles, no import from a higher layer, a layer for every module, and never absl
 or experiments (the library neither reads flags nor starts scripts).
 
 Every import counts, at module level or inside a function: `import x`, `from x import y`
-(y a module: an edge to it; else to x), relative imports, and importlib.import_module /
-__import__ of a constant name.
+(y a module: an edge to it and to the package x; else to x), relative imports, and
+importlib.import_module / __import__ of a constant name.
 """
 
 import ast
@@ -83,6 +83,10 @@ def imports_of(path: pathlib.Path, root: pathlib.Path, modules: set[str]) -> lis
                 full = f"{base}.{a.name}"
                 is_module = full in modules or full in FORBIDDEN
                 found.append(Import(module, full if is_module else base, where))
+                if is_module and base in modules:
+                    # `from pkg import sub` runs pkg/__init__.py and takes a name from it:
+                    # an edge to the package too (the stop hook counts it the same way).
+                    found.append(Import(module, base, where))
         elif isinstance(node, ast.Call) and (name := _constant_import(node)):
             found.append(Import(module, name, where))
     return found
@@ -260,10 +264,16 @@ def test_checker_finds_circles_and_upward_imports(tmp_path):
             "summary.py": "from batchlab import cost\n",
             # Within a layer, no circle: allowed.
             "numerics.py": "from batchlab.errors import ConfigError\n",
+            # A package whose __init__ imports its child, and the child takes a sibling
+            # through the package (running its __init__): a circle.
+            "claims/__init__.py": "from batchlab.claims import mlp\n",
+            "claims/mlp.py": "from batchlab.claims import verdict\n",
+            "claims/verdict.py": "",
         },
     )
     found = check(root)
     assert sorted(found.circles) == [
+        ["batchlab.claims", "batchlab.claims.mlp", "batchlab.claims"],
         ["batchlab.cost", "batchlab.summary", "batchlab.cost"],
         ["batchlab.isolation", "batchlab.sweep", "batchlab.isolation"],
         ["batchlab.models.mlp", "batchlab.moe.cost", "batchlab.models.mlp"],

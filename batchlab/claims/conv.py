@@ -2,8 +2,8 @@
 pixel. Judged like with like: against a measured MLP of the conv's width on the same
 device, else by the conv's own intensity against the ridge (REFERENCE 2.6)."""
 
+import batchlab.claims.verdict as vd
 from batchlab import analysis
-from batchlab.claims import verdict as vd
 from batchlab.claims.verdict import Verdict
 from batchlab.record import SeriesKey
 

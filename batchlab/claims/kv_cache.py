@@ -10,8 +10,8 @@ contexts where the share crosses 1/2, or extrapolated from the nearest pair and 
 
 import math
 
+import batchlab.claims.verdict as vd
 from batchlab import analysis
-from batchlab.claims import verdict as vd
 from batchlab.claims.verdict import Verdict
 
 MINIMAL_SHARE = 0.2  # the KV cache's share of the step counts as "minimal" up to this

@@ -1,8 +1,8 @@
 """C3 (the post's MLP: flat, then a knee, then linear), C4 (every width has a knee, small
 widths stay flat) and C5 (the critical batch is P·s_w/(2·BW), checked against the knee)."""
 
+import batchlab.claims.verdict as vd
 from batchlab import analysis, hardware, record, roofline
-from batchlab.claims import verdict as vd
 from batchlab.claims.verdict import Verdict
 from batchlab.record import SeriesKey
 

@@ -18,8 +18,8 @@ import functools
 
 import numpy as np
 
+import batchlab.claims.verdict as vd
 from batchlab import analysis, record, roofline
-from batchlab.claims import verdict as vd
 from batchlab.claims.verdict import Verdict
 from batchlab.moe import balance
 from batchlab.moe import cost as moecost

@@ -10,8 +10,8 @@ t − t0 against pixels must be within 1 ± SLOPE_TOLERANCE.
 
 import numpy as np
 
+import batchlab.claims.verdict as vd
 from batchlab import analysis
-from batchlab.claims import verdict as vd
 from batchlab.claims.verdict import Verdict
 
 SLOPE_TOLERANCE = 0.2

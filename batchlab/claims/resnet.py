@@ -1,8 +1,8 @@
 """C1 (ResNet-50 on a CPU: time linear in batch from b=1) and C2 (on a T4: b=1,2,3 cost
 the same, then time grows linearly)."""
 
+import batchlab.claims.verdict as vd
 from batchlab import analysis, hardware, record
-from batchlab.claims import verdict as vd
 from batchlab.claims.verdict import Verdict
 
 LINEAR_SLACK = 0.8  # C1 holds while time per example stays within 0.8x..1.25x of b=1's

@@ -7,9 +7,9 @@ import dataclasses
 import datetime
 import os
 
+import batchlab.claims.verdict as vd
+import batchlab.report.markdown as md
 from batchlab import claims, hardware, plotting, record
-from batchlab.claims import verdict as vd
-from batchlab.report import markdown as md
 from batchlab.report import measured, sources
 
 REPORT = "REPORT.md"

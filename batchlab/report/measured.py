@@ -6,11 +6,11 @@ import os
 
 import numpy as np
 
+import batchlab.claims.verdict as vd
+import batchlab.report.markdown as md
+import batchlab.report.sources as sources
 from batchlab import analysis, hardware, plotting, record, roofline
-from batchlab.claims import verdict as vd
 from batchlab.numerics import Numerics
-from batchlab.report import markdown as md
-from batchlab.report import sources
 from batchlab.timing import fmt_time
 
 

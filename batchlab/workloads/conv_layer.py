@@ -4,10 +4,10 @@ import dataclasses
 
 import jax
 
+import batchlab.workloads.spatial as spatial
 from batchlab.errors import ConfigError
 from batchlab.models.convnet import ConvStack
 from batchlab.numerics import Numerics
-from batchlab.workloads import spatial
 from batchlab.workloads.base import Cost, Family, Param, Point, Workload
 
 

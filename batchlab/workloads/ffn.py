@@ -8,12 +8,12 @@ moe_layer family gets at the same batch (`tokens` makes both).
 import jax
 import jax.numpy as jnp
 
+import batchlab.workloads.decoder as dec_wl
 from batchlab.cost import Cost
 from batchlab.models import moe as mm
 from batchlab.moe import cost as moecost
 from batchlab.moe import dispatch
 from batchlab.numerics import Numerics
-from batchlab.workloads import decoder as dec_wl
 from batchlab.workloads.base import Family, Param, Point, Workload
 
 _DECODER = {p.name: p for p in dec_wl.MODEL_PARAMS}

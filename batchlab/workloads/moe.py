@@ -20,6 +20,8 @@ zero (its add is left out of the cost, like the softmax).
 import jax
 import jax.numpy as jnp
 
+import batchlab.workloads.decoder as dec_wl
+import batchlab.workloads.ffn as ffn_wl
 from batchlab import autotune, distributed
 from batchlab import router_checkpoint as rc
 from batchlab.errors import ConfigError
@@ -28,8 +30,6 @@ from batchlab.models import moe as mm
 from batchlab.moe import balance, dispatch, expert_parallel, routing
 from batchlab.moe import cost as moecost
 from batchlab.numerics import Numerics
-from batchlab.workloads import decoder as dec_wl
-from batchlab.workloads import ffn as ffn_wl
 from batchlab.workloads.base import Cost, Family, Param, Point, Workload
 
 UNIFORM = "uniform"  # token choice on random logits: the balanced baseline (moe_layer only)

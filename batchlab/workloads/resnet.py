@@ -9,9 +9,10 @@ import dataclasses
 
 import jax
 
+import batchlab.workloads.mlp as mlp
+import batchlab.workloads.spatial as spatial
 from batchlab.models.resnet import EXPANSION, STAGES, ResNet50
 from batchlab.numerics import Numerics
-from batchlab.workloads import mlp, spatial
 from batchlab.workloads.base import Cost, Family, Point, Workload
 
 CLASSES = 1000
