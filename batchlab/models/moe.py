@@ -26,6 +26,11 @@ NOT_CAUSAL = (
     "whole group, so a token's experts depend on tokens after it, which decoding has not "
     "seen yet"
 )
+BPR_NOT_CAUSAL = (
+    "batch-prioritized routing is not causal: the group's most confident tokens take the "
+    "capacity first, so a later, more confident token can take an earlier token's slot "
+    "and change its routing after decoding has used it"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,10 +126,21 @@ def moe_decoder(cfg: dec.DecoderConfig, moe: MoEConfig, every: int) -> dec.Decod
     return dec.Decoder(cfg, ffn_for_layer=lambda i: ffn if i in chosen else None)
 
 
+def not_causal(router: str, priority: str) -> str | None:
+    """Why a router cannot decode (a later token would change an earlier token's routing),
+    or None: expert choice, and batch-prioritized routing with a capacity."""
+    if router == "expert_choice":
+        return NOT_CAUSAL
+    if router == "token_choice" and priority == "confidence":
+        return BPR_NOT_CAUSAL
+    return None
+
+
 def check_causal(moe: MoEConfig) -> None:
-    """Decoding needs a causal router; raises ValueError(NOT_CAUSAL) for expert choice."""
-    if moe.router == "expert_choice":
-        raise ValueError(NOT_CAUSAL)
+    """Decoding needs a causal router; raises ValueError with the reason (not_causal)."""
+    why = not_causal(moe.router, moe.priority)
+    if why:
+        raise ValueError(why)
 
 
 def decode_step(model: dec.Decoder, moe: MoEConfig, params, cache, tokens_B, positions_B):

@@ -81,19 +81,21 @@ def token_choice(logits_BxE, k: int, capacity: int | None = None, bias_E=None, p
     """Top-k per token; with a capacity C, copies past C are dropped in priority order.
 
     Priority: every first choice before any second choice (GShard); within a choice, token
-    order, or with priority "confidence" the tokens with the highest top-1 probability
-    first (batch-prioritized routing, V-MoE). k > 1 renormalizes the k gates to sum to 1
-    (GShard, Mixtral); k = 1 keeps the probability, so the router still gets a gradient.
-    capacity None is dropless.
+    order, or with priority "confidence" the tokens whose largest selected probability is
+    highest first (batch-prioritized routing, V-MoE: without a bias, the top-1
+    probability; with one, the gate the token is actually routed with). k > 1
+    renormalizes the k gates to sum to 1 (GShard, Mixtral); k = 1 keeps the probability,
+    so the router still gets a gradient. capacity None is dropless.
     """
     b, e = logits_BxE.shape
     check_top_k(k, e)
     probs = jax.nn.softmax(logits_BxE, axis=-1)
     chosen, gate = top_k(probs, k, bias_E)
+    rank_B = gate.max(-1)  # before renormalisation: the router's confidence in the token
     if k > 1:
         gate = gate / gate.sum(-1, keepdims=True)
     if priority == "confidence":
-        order_B = jnp.argsort(-probs.max(-1), stable=True)
+        order_B = jnp.argsort(-rank_B, stable=True)
     elif priority == "choice":
         order_B = jnp.arange(b)
     else:

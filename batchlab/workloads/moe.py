@@ -60,7 +60,7 @@ MOE_PARAMS = (
         str,
         ("choice",),
         "Who gets a slot first: all first choices in token order (choice), or by router "
-        "confidence (batch-prioritized routing).",
+        "confidence (batch-prioritized routing; not causal, so not for decoding).",
         choices=routing.PRIORITIES,
     ),
     Param(
@@ -383,6 +383,12 @@ def validate_decode(point: Point) -> None:
         raise ConfigError(
             f"--routers=expert_choice: {mm.NOT_CAUSAL}; use it with --model=moe_prefill or "
             "moe_layer, or decode with token_choice or dropless"
+        )
+    if mm.not_causal(point["router"], point["priority"]):
+        raise ConfigError(
+            f"--priorities=confidence: {mm.BPR_NOT_CAUSAL}; use it with --model=moe_prefill "
+            "or moe_layer, or decode with --priorities=choice (or --routers=dropless, which "
+            "drops nothing)"
         )
     dec_wl.validate_decode(point)
     validate_decoder(point)
