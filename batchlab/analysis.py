@@ -166,3 +166,35 @@ def median_abs_rel_error(records: list[dict]) -> float | None:
     """Median |measured / predicted − 1| over successful points."""
     errs = [abs(r["prediction"]["rel_error"]) for r in records if record.is_point(r)]
     return float(np.median(errs)) if errs else None
+
+
+def interval(r: dict) -> tuple[float, float]:
+    """The 95% interval of a point's median: `time.ci95_s` when recorded (the bootstrap),
+    else the median ± median_error (the normal approximation; 0 for a predicted point)."""
+    t = r["time"]
+    if "ci95_s" in t:
+        lo, hi = t["ci95_s"]
+        return float(lo), float(hi)
+    half = median_error(r) * t["median_s"]
+    return t["median_s"] - half, t["median_s"] + half
+
+
+@dataclasses.dataclass(frozen=True)
+class Difference:
+    """Two points' medians compared: b's over a's, and whether it is more than noise."""
+
+    ratio: float  # median of b / median of a
+    real: bool  # the two 95% intervals do not overlap
+
+    def text(self) -> str:
+        """'1.23x (real: the intervals separate)' or '1.02x (within noise: ...)'."""
+        why = "real: the 95% intervals separate" if self.real else "within noise: they overlap"
+        return f"{self.ratio:.3g}x ({why})"
+
+
+def compare(a: dict, b: dict) -> Difference:
+    """Whether b's median really differs from a's (two runs, two configs): only when their
+    95% intervals separate. Overlap is the cautious rule: two intervals of equal width
+    that just touch mean a difference at p ≈ 0.006, so "real" is not said of noise."""
+    (lo_a, hi_a), (lo_b, hi_b) = interval(a), interval(b)
+    return Difference(b["time"]["median_s"] / a["time"]["median_s"], hi_a < lo_b or hi_b < lo_a)

@@ -1,4 +1,5 @@
-"""Plots drawn from results files only: time against batch, or against another axis.
+"""Plots drawn from results files only: time against batch, or against another axis,
+each measured median with its 95% interval as an error bar.
 
 Each line is labelled by what tells it from the other lines drawn (the parameters that
 differ; the config where two configs measured the same setup); what all lines share is
@@ -30,6 +31,7 @@ PANEL_W, PANEL_H = 6.0, 3.4  # inches per panel
 KNEE = dict(marker="o", ms=11, mfc="none", mew=1.4, ls="none")  # a ring round the curve
 B_STAR = dict(marker="*", ms=10, ls="none", mec="black", mew=0.5)
 ROOFLINE = dict(ls="--", lw=1.2, alpha=0.7)
+ERROR_BAR = dict(elinewidth=1.0, capsize=2.5, alpha=0.8)  # the median's 95% interval
 
 
 def series_by_device(records: list[dict], x: str = "batch") -> dict[str, tuple]:
@@ -170,13 +172,16 @@ def _on_curve(xs, ys, at: float) -> float:
 
 def _draw_series(axes, points: list[dict], x: str, style: dict) -> dict:
     """One series on each panel (time per call, and per example against batch): measured
-    solid with markers, its roofline dashed in the same colour, and against batch its b*
+    solid with markers and the 95% interval of each median (analysis.interval) as an error
+    bar, its roofline dashed in the same colour, and against batch its b*
     (a star on the roofline) and its knee (a ring on the measured curve). Says which
     marks it drew."""
     xs = [x_value(r, x) for r in points]
     t = [r["time"]["median_s"] * 1e3 for r in points]
+    band = [[v * 1e3 for v in analysis.interval(r)] for r in points]  # the median's 95%
     pred = [r["prediction"]["lower_s"] * 1e3 for r in points]
     b_star = knee = None
+    drew_bars = False
     if x == "batch":
         fit = analysis.fit_knee(xs, t)
         knee = fit.batch if fit.found else None
@@ -186,12 +191,26 @@ def _draw_series(axes, points: list[dict], x: str, style: dict) -> dict:
         measured = [v / s for v, s in zip(t, per)]
         roof = [v / s for v, s in zip(pred, per)]
         ax.plot(xs, measured, "-", marker=style["marker"], ms=5, color=style["color"], gid=gid)
+        if any(hi > lo for lo, hi in band):
+            ax.errorbar(
+                xs,
+                measured,
+                yerr=[
+                    [m - lo / s for m, (lo, _), s in zip(measured, band, per)],
+                    [hi / s - m for m, (_, hi), s in zip(measured, band, per)],
+                ],
+                fmt="none",
+                ecolor=style["color"],
+                gid="ci95",
+                **ERROR_BAR,
+            )
+            drew_bars = True
         ax.plot(xs, roof, color=style["color"], gid="roofline", **ROOFLINE)
         if b_star is not None:
             ax.plot([b_star], [_on_curve(xs, roof, b_star)], color=style["color"], **B_STAR)
         if knee is not None:
             ax.plot([knee], [_on_curve(xs, measured, knee)], color=style["color"], **KNEE)
-    return {"b*": b_star is not None, "knee": knee is not None}
+    return {"b*": b_star is not None, "knee": knee is not None, "ci95": drew_bars}
 
 
 class _Plain(LogFormatter):
@@ -234,6 +253,12 @@ def _legend(fig: Figure, colour: dict, devices: dict, drew: dict, width: float) 
         Line2D([], [], marker="o", ms=4, label="measured", **grey),
         Line2D([], [], label="roofline lower bound", **grey, **ROOFLINE),
     ]
+    if drew["ci95"]:
+        handles.append(
+            Line2D(
+                [], [], marker="|", ms=8, mew=1.0, ls="none", label="95% CI of the median", **grey
+            )
+        )
     if drew["b*"]:
         handles.append(Line2D([], [], label="predicted b*", **grey, **B_STAR))
     if drew["knee"]:
@@ -284,7 +309,7 @@ def figure(records: list[dict], x: str = "batch", title: str = "") -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     places = fig.subfigures(rows, cols, squeeze=False).ravel() if len(cells) > 1 else [fig]
-    drew = {"b*": False, "knee": False}
+    drew = {"b*": False, "knee": False, "ci95": False}
     panels = []
     for place, cell in zip(places, cells):
         axes = place.subplots(1, n_panels, squeeze=False)[0]

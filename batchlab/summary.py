@@ -1,5 +1,6 @@
-"""The printed summary of a sweep, from its records alone: one table per series with the
-predicted and measured critical batch, the other devices' predictions, the failures."""
+"""The printed summary of a sweep, from its records alone: one table per series (each
+median with its 95% interval and p99) with the predicted and measured critical batch,
+the other devices' predictions, the failures."""
 
 from batchlab import analysis, record, roofline
 from batchlab.timing import fmt_time
@@ -7,6 +8,14 @@ from batchlab.timing import fmt_time
 
 def _ms(t: float | None) -> str:
     return "-" if t is None else f"{t * 1e3:.3f}"
+
+
+def _interval(r: dict) -> str:
+    """'1.203-1.221' ms: the median's 95% interval; '~' marks the normal approximation of
+    records that stored none (analysis.interval)."""
+    lo, hi = analysis.interval(r)
+    approx = "" if "ci95_s" in r["time"] else "~"
+    return f"{approx}{lo * 1e3:.3f}-{hi * 1e3:.3f}"
 
 
 def critical_batch_line(points: list[dict]) -> str:
@@ -35,13 +44,15 @@ def table(records: list[dict], targets=None) -> str:
         lines += [
             f"\n{key.label}  (P {ceilings.peak_flops / 1e9:.1f} GFLOP/s, "
             f"BW {ceilings.bandwidth / 1e9:.1f} GB/s, {ceilings.source})",
-            f"{'batch':>7} {'median ms':>10} {'spread':>7} {'ms/example':>11} "
-            f"{'pred ms':>9} {'regime':>9} {'err':>7} {'%peak':>6} {'fits in':>7}",
+            f"{'batch':>7} {'median ms':>10} {'95% CI ms':>17} {'p99 ms':>9} {'spread':>7} "
+            f"{'ms/example':>11} {'pred ms':>9} {'regime':>9} {'err':>7} {'%peak':>6} "
+            f"{'fits in':>7}",
         ]
         for r in points:
             t, p = r["time"], r["prediction"]
             lines.append(
-                f"{r['batch']:>7} {_ms(t['median_s']):>10} {100 * t['spread']:>6.1f}% "
+                f"{r['batch']:>7} {_ms(t['median_s']):>10} {_interval(r):>17} "
+                f"{_ms(t.get('p99_s')):>9} {100 * t['spread']:>6.1f}% "
                 f"{_ms(r['time_per_example_s']):>11} {_ms(p['lower_s']):>9} {p['regime']:>9} "
                 f"{100 * p['rel_error']:>+6.0f}% {100 * r['attained']['fraction_of_peak']:>5.1f}% "
                 f"{r['working_set']['fits_in']:>7}" + ("  unstable" if t["unstable"] else "")
