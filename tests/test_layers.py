@@ -26,7 +26,7 @@ LAYERS = [
     ("record", "results", "config"),
     ("sweep", "isolation", "worker", "combine", "train", "dry_run"),
     ("analysis",),
-    ("summary", "plotting", "claims", "routing_report"),
+    ("summary", "plotting", "claims", "routing_report", "serving", "export"),
     ("report", "reproduce"),
 ]
 FORBIDDEN = ("absl.flags", "experiments")
