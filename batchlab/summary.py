@@ -1,8 +1,9 @@
 """The printed summary of a sweep, from its records alone: one table per series (each
 median with its 95% interval and p99) with the predicted and measured critical batch,
-the other devices' predictions, the failures."""
+the other devices' predictions; the throughput per batch (batchlab.serving); the
+failures."""
 
-from batchlab import analysis, record, roofline
+from batchlab import analysis, record, roofline, serving
 from batchlab.timing import fmt_time
 
 
@@ -60,6 +61,7 @@ def table(records: list[dict], targets=None) -> str:
         lines.append(critical_batch_line(points))
         for target in targets if targets is not None else record.targets(points):
             lines.append(_target_line(points, target))
+    lines += serving.section(records)
     failed = [r for r in records if r.get("status") != "ok"]
     if failed:
         lines.append(f"\n{len(failed)} point(s) failed:")
