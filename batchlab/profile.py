@@ -1,0 +1,263 @@
+"""A device profile: what each kernel class costs on the device at hand, over the shapes
+that matter, measured by small programs of one kernel each (REFERENCE 4's protocol).
+
+Each entry is (shape features, seconds): the median time of one call of a program that
+runs one kernel of that class and shape, less the empty-call floor measured the same
+way, so that a program's time is modelled as floor + the sum over its kernels
+(batchlab.kernel_model). The profile is measured on microbenchmarks only, never fitted
+to sweep points. Shapes are chosen from the platform and its memory by `plan` (a pure
+function), so tests on a CPU check what a GPU or TPU would measure.
+
+Tables:
+  matmul         (m, d, cold) -> s: y_MxD = x_MxD · w_DxD; cold rotates weight copies
+                 over more than the last cache level, so they stream from memory
+  batched        (b, m, k, n) -> s: attention-shaped batched products over a KV cache
+  conv           (c, kernel, pixels, batch) -> s: one SAME k x k convolution, C -> C
+  stream, reduction, copy, reduce_window, gather, scatter: bytes moved -> s, over
+                 sizes from a few KiB past the last cache level (so the levels show)
+  launch         s per extra kernel, from chains of 1 and 64 dependent tiny matmuls
+"""
+
+import dataclasses
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+
+from batchlab import hardware, kernels, timing
+from batchlab.numerics import Numerics
+
+VERSION = 1
+SPEC = timing.TimingSpec(target_spread=0.05, time_budget_s=0.12, min_reps=5, warmup_reps=2)
+MAX_FLOPS = 2e9  # per matmul point on a CPU: beyond, the rate is flat (compute-bound)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The shapes to measure, chosen from the platform and its memory."""
+
+    matmul_m: tuple[int, ...]
+    matmul_d: tuple[int, ...]
+    cold_m: tuple[int, ...]  # batches at which weights stream from memory matter
+    stream_bytes: tuple[int, ...]
+    cold_bytes: int  # rotate copies over at least this much to defeat the caches
+    conv: tuple[tuple[int, int, int, int], ...]  # (channels, kernel, side, batch)
+    batched: tuple[tuple[int, int, int, int], ...]  # (b·h, t, k, 1): scores over a cache
+    max_flops: float
+
+
+def plan(
+    platform: str, memory_bytes: float | None = None, cache_bytes: float | None = None
+) -> Plan:
+    """What to measure on `platform` ("cpu", "gpu", "tpu"); accelerators get larger
+    matmuls and streams (at least 1 GiB, at most an eighth of device memory)."""
+    if platform == "cpu":
+        cold = max(256 * 2**20, int(4 * (cache_bytes or 32 * 2**20)))
+        return Plan(
+            matmul_m=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+            matmul_d=(64, 256, 1024, 4096),
+            cold_m=(1, 2, 4, 8, 16, 32, 64),
+            stream_bytes=tuple(2**p for p in range(12, 29, 2)),  # 4 KiB .. 256 MiB
+            cold_bytes=cold,
+            conv=tuple(
+                (c, k, s, b) for c in (64, 256) for k in (1, 3) for s in (14, 56) for b in (1, 8)
+            ),
+            batched=((8, 256, 64, 1), (8, 2048, 64, 1), (64, 256, 64, 1), (64, 2048, 64, 1)),
+            max_flops=MAX_FLOPS,
+        )
+    memory = memory_bytes or 16 * 2**30
+    stream_max = int(max(2**30, min(memory / 8, 2**32)))
+    return Plan(
+        matmul_m=(1, 4, 16, 64, 256, 1024, 4096, 8192),
+        matmul_d=(256, 1024, 4096, 8192),
+        cold_m=(1, 4, 16, 64, 256),
+        stream_bytes=tuple(2**p for p in range(16, int(math.log2(stream_max)) + 1, 2)),
+        cold_bytes=stream_max,
+        conv=tuple(
+            (c, k, s, b) for c in (64, 256, 512) for k in (1, 3) for s in (14, 56) for b in (1, 32)
+        ),
+        batched=((32, 2048, 128, 1), (32, 8192, 128, 1), (512, 2048, 128, 1), (512, 8192, 128, 1)),
+        max_flops=5e12,
+    )
+
+
+def _timed(fn, arg_sets, spec=SPEC) -> float:
+    """Median seconds of one call of fn, cycling through `arg_sets`."""
+    compiled = timing.compile_ahead(fn, arg_sets[0]).compiled
+
+    def call(i):
+        return jax.block_until_ready(compiled(*arg_sets[i % len(arg_sets)]))
+
+    return timing.time_calls(call, spec).median_s
+
+
+class _Rand:
+    """Random non-zero arrays on one device, drawn once per shape."""
+
+    def __init__(self, numerics: Numerics, device):
+        self.dtype, self.device, self.n = numerics.jnp_dtype, device, 0
+
+    def __call__(self, *shape):
+        self.n += 1
+        key = jax.random.fold_in(jax.random.PRNGKey(7), self.n)
+        return jax.device_put(jax.random.normal(key, shape, self.dtype), self.device)
+
+    def copies(self, base, total_bytes: int):
+        """Distinct buffers of `base` summing past `total_bytes`."""
+        n = max(1, -(-total_bytes // base.nbytes))
+        scale = jax.jit(lambda x, c: x * c)
+        return [base] + [scale(base, jnp.asarray(1 + i / 64, base.dtype)) for i in range(1, n)]
+
+
+def measure(numerics: Numerics, device=None, p: Plan | None = None, log=lambda s: None) -> dict:
+    """Every table of the profile, measured on `device` for these numerics."""
+    device = device or jax.local_devices()[0]
+    spec = hardware.lookup(device.device_kind)
+    caches = hardware.cache_levels(device.platform, spec)
+    p = p or plan(device.platform, spec and spec.memory_bytes, max(caches.values(), default=None))
+    rand, prec = _Rand(numerics, device), numerics.lax_precision
+    x1 = rand(1)
+    floor = _timed(lambda x: x + 1, [(x1,)])
+    out = {"floor_s": floor, "tables": {}}
+
+    def net(seconds):
+        return max(seconds - floor, 1e-9)
+
+    def mm(x, w):
+        return jnp.matmul(x, w, precision=prec)
+
+    log("profile: matmuls")
+    rows = []
+    for d in p.matmul_d:
+        w = rand(d, d)
+        colds = (
+            rand.copies(w, p.cold_bytes) if d * d * numerics.itemsize * 2 < p.cold_bytes else [w]
+        )
+        for m in p.matmul_m:
+            if 2 * m * d * d > p.max_flops and m > 1:
+                continue
+            x = rand(m, d)
+            rows.append([m, d, 0, net(_timed(mm, [(x, w)]))])
+            if m in p.cold_m:
+                rows.append([m, d, 1, net(_timed(mm, [(x, c) for c in colds]))])
+        del colds
+    out["tables"]["matmul"] = rows
+
+    log("profile: batched products over a cache")
+    rows = []
+    for bh, t, k, _ in p.batched:
+        q, kv = rand(bh, 1, k), rand(bh, t, k)
+        rows.append(
+            [
+                bh,
+                t,
+                k,
+                net(
+                    _timed(
+                        lambda q, kv: jnp.einsum("bqk,btk->bqt", q, kv, precision=prec), [(q, kv)]
+                    )
+                ),
+            ]
+        )
+    out["tables"]["batched"] = rows
+
+    log("profile: convolutions")
+    rows = []
+    for c, k, side, b in p.conv:
+        x, w = rand(b, side, side, c), rand(k, k, c, c)
+
+        def conv(x, w):
+            return jax.lax.conv_general_dilated(
+                x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=prec
+            )
+
+        rows.append([c, k, side * side, b, net(_timed(conv, [(x, w)]))])
+    out["tables"]["conv"] = rows
+
+    log("profile: bytes-bound kernels")
+    s = numerics.itemsize
+    kinds = {
+        "stream": (lambda n: (n,), lambda x: x * 1.0001 + 0.5, 2),
+        "reduction": (lambda n: (n // 256, 256), lambda x: x.sum(-1), 1),
+        "copy": (lambda n: (n // 256, 256), lambda x: x.T, 2),
+        "reduce_window": (
+            lambda n: (1, max(4, int((n // 64) ** 0.5)), max(4, int((n // 64) ** 0.5)), 64),
+            lambda x: jax.lax.reduce_window(
+                x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "SAME"
+            ),
+            1.25,
+        ),
+    }
+    for name, (shape_of, fn, traffic) in kinds.items():
+        rows = []
+        for nbytes in p.stream_bytes:  # past the last cache level, a size streams from memory
+            base = rand(*shape_of(max(256, nbytes // s)))
+            rows.append([base.nbytes * traffic, net(_timed(fn, [(base,)]))])
+        out["tables"][name] = rows
+
+    log("profile: gather and scatter")
+    rows_g, rows_s = [], []
+    for nbytes in p.stream_bytes[2::2]:
+        rows_n, width = max(8, nbytes // (s * 256)), 256
+        table, idx = rand(rows_n, width), jnp.arange(0, rows_n, 2, dtype=jnp.int32)
+        rows_g.append([idx.size * width * s * 2, net(_timed(lambda t, i: t[i], [(table, idx)]))])
+        upd = rand(idx.size, width)
+        scatter = jax.jit(lambda t, i, u: t.at[i].set(u), donate_argnums=0)
+        rows_s.append([upd.nbytes * 2, net(_timed_donated(scatter, table, idx, upd))])
+    out["tables"]["gather"], out["tables"]["scatter"] = rows_g, rows_s
+
+    log("profile: launch cost")
+    x, w = rand(8, 8), rand(8, 8)
+
+    def chain(n):
+        def f(x, w):
+            for _ in range(n):
+                x = jnp.tanh(mm(x, w))
+            return x
+
+        return f
+
+    counts, times = [], []
+    for n in (1, 64):
+        compiled = timing.compile_ahead(chain(n), (x, w)).compiled
+        counts.append(kernels.totals(kernels.of_compiled(compiled))["kernels"])
+        times.append(_timed(chain(n), [(x, w)]))
+    out["launch_s"] = max(0.0, (times[1] - times[0]) / max(1, counts[1] - counts[0]))
+    return out
+
+
+def _timed_donated(jitted, table, idx, upd) -> float:
+    """Median seconds of an in-place update whose buffer each call donates and returns."""
+    state = {"t": table}
+    compiled = jitted.lower(table, idx, upd).compile()
+
+    def call(i):
+        state["t"] = jax.block_until_ready(compiled(state["t"], idx, upd))
+
+    return timing.time_calls(call, SPEC).median_s
+
+
+def key(device_kind: str, numerics: Numerics) -> str:
+    return f"{device_kind}|{numerics.dtype}|{numerics.precision}"
+
+
+def cached(
+    path: str, device_kind: str, numerics: Numerics, device=None, log=lambda s: None
+) -> dict:
+    """The profile from the file at `path`, measured and saved on a miss (or when it was
+    made by another version of batchlab or JAX)."""
+    entries = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            entries = json.load(f)
+    k = key(device_kind, numerics)
+    stamp = {"profile_version": VERSION, "jax": jax.__version__}
+    if k not in entries or entries[k].get("stamp") != stamp:
+        entries[k] = measure(numerics, device, log=log) | {"stamp": stamp}
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(entries, f)
+        os.replace(tmp, path)
+    return entries[k]

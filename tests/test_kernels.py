@@ -1,0 +1,170 @@
+"""Kernels read from optimized HLO, and the per-kernel model on a hand-made profile, against
+hand calculations."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from batchlab import kernel_model, kernels, timing
+
+
+def kernels_of(fn, *args, donate=()):
+    compiled = timing.compile_ahead(fn, args, donate).compiled
+    return kernels.of_compiled(compiled), compiled
+
+
+def only(ks, cls):
+    (k,) = [k for k in ks if k.cls == cls]
+    return k
+
+
+def test_a_dot_is_one_matmul_with_its_dims():
+    x, w = jnp.ones((4, 64)), jnp.ones((64, 32))
+    ks, compiled = kernels_of(lambda x, w: x @ w, x, w)
+    k = only(ks, "matmul")
+    assert dict(k.dims) == {"m": 4, "n": 32, "k": 64, "batch": 1}
+    assert k.flops == 2 * 4 * 32 * 64
+    assert k.bytes_read == 4 * (4 * 64 + 64 * 32) and k.bytes_written == 4 * 4 * 32
+    assert kernels.totals(ks)["flops"] == timing._plain(compiled.cost_analysis())["flops"]
+
+
+def test_a_batched_dot_keeps_its_batch():
+    q, kv = jnp.ones((8, 1, 16)), jnp.ones((8, 128, 16))
+    ks, _ = kernels_of(lambda q, kv: jnp.einsum("bqk,btk->bqt", q, kv), q, kv)
+    assert dict(only(ks, "matmul").dims) == {"m": 1, "n": 128, "k": 16, "batch": 8}
+
+
+def test_a_convolution():
+    x, w = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 32))
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(
+            x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    ks, compiled = kernels_of(conv, x, w)
+    k = only(ks, "conv")
+    # VALID: 6x6 outputs per image and channel, 9 taps of 16 inputs each.
+    assert k.dim("outputs") == 2 * 6 * 6 * 32 and k.dim("taps") == 9 and k.dim("c_in") == 16
+    assert k.flops == 2 * (2 * 6 * 6 * 32) * 9 * 16
+    assert k.flops == timing._plain(compiled.cost_analysis())["flops"]
+
+
+def test_a_reduce_window():
+    x = jnp.ones((1, 16, 16, 8))
+    ks, _ = kernels_of(
+        lambda x: jax.lax.reduce_window(
+            x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID"
+        ),
+        x,
+    )
+    k = only(ks, "reduce_window")
+    assert k.flops == 7 * 7 * 8 * 9  # 7x7 outputs per channel, a 3x3 window each
+    assert k.bytes_read == 4 * 16 * 16 * 8 + 4  # the input and its init value
+    assert k.bytes_written == 4 * 7 * 7 * 8
+
+
+def test_elementwise_work_fuses_into_one_kernel():
+    x = jnp.ones((1000,))
+    ks, _ = kernels_of(lambda x: jnp.tanh(x * 2.0 + 1.0), x)
+    (k,) = ks
+    assert k.cls == "elementwise" and k.count == 1
+    assert k.flops == 3 * 1000  # multiply, add, tanh: one each per element
+    assert k.bytes_read == k.bytes_written == 4000
+
+
+def test_an_in_place_update_moves_only_the_update():
+    cache, new = jnp.ones((4, 256, 8)), jnp.ones((4, 1, 8))
+    ks, _ = kernels_of(
+        lambda c, u: jax.lax.dynamic_update_slice(c, u, (0, 7, 0)), cache, new, donate=(0,)
+    )
+    moved = kernels.totals(ks)["bytes"]
+    assert moved <= 4 * (2 * 4 * 8) + 64  # the update read and written, and the indices
+    assert moved < cache.nbytes / 10
+
+
+def test_identical_kernels_merge_with_their_count():
+    x, w = jnp.ones((2, 32)), jnp.ones((32, 32))
+
+    def chain(x, w):
+        for _ in range(5):
+            x = jnp.tanh(x @ w)
+        return x
+
+    ks, _ = kernels_of(chain, x, w)
+    assert only(ks, "matmul").count == 5
+
+
+def test_conditionals_take_their_costlier_branch_or_a_fraction():
+    x, w = jnp.ones((8, 64)), jnp.ones((64, 64))
+
+    def f(p, x, w):
+        return jax.lax.cond(p, lambda: x @ w, lambda: x)
+
+    compiled = timing.compile_ahead(f, (True, x, w)).compiled
+    heavy = kernels.totals(kernels.of_compiled(compiled))["flops"]
+    assert heavy == 2 * 8 * 64 * 64
+    assert kernels.totals(kernels.of_compiled(compiled, 0.25))["flops"] == heavy / 4
+
+
+PROFILE = {
+    "floor_s": 5e-6,
+    "tables": {
+        # 1 ns per FLOP at every shape measured, warm; cold matmuls 3x slower at M <= 4.
+        "matmul": [[m, d, 0, 1e-9 * 2 * m * d * d] for m in (1, 4, 64) for d in (64, 1024)]
+        + [[m, d, 1, 3e-9 * 2 * m * d * d] for m in (1, 4) for d in (64, 1024)],
+        "batched": [[8, 256, 64, 1e-5], [8, 2048, 64, 8e-5]],
+        "conv": [
+            [c, k, p, b, 2e-9 * 2 * p * b * k * k * c * c]
+            for c in (64, 256)
+            for k in (1, 3)
+            for p in (196, 3136)
+            for b in (1, 8)
+        ],
+        # 1 GB/s, and 10 GB/s below 1 MB (a cache).
+        "stream": [[1e3, 1e-7], [1e6, 1e-4], [1e7, 1e-2], [1e8, 1e-1]],
+        "reduction": [[1e3, 1e-6], [1e8, 1e-1]],
+        "copy": [[1e3, 1e-6], [1e8, 1e-1]],
+        "reduce_window": [[1e3, 1e-6], [1e8, 1e-1]],
+        "gather": [[1e3, 1e-6], [1e8, 1e-1]],
+        "scatter": [[1e3, 1e-6], [1e8, 1e-1]],
+    },
+    "launch_s": 5e-7,
+}
+
+
+def test_the_model_on_a_hand_made_profile():
+    mm = kernels.Kernel(
+        "matmul",
+        2 * 4 * 1024 * 1024,
+        4.2e6,
+        1.6e4,
+        (("batch", 1), ("k", 1024), ("m", 4), ("n", 1024)),
+        8,
+    )
+    ew = kernels.Kernel("elementwise", 4096, 1e7, 0, (), 2)
+    warm = kernel_model.predict([mm, ew], PROFILE, working_set_bytes=1e6, cache_bytes=32e6)
+    # 8 matmuls at 1 ns per FLOP, 2 streams of 10 MB at 1 GB/s, and the floor.
+    want = 5e-6 + 8 * 2 * 4 * 1024 * 1024 * 1e-9 + 2 * 1e-2
+    assert warm.model_s == pytest.approx(want, rel=1e-9)
+    cold = kernel_model.predict([mm], PROFILE, working_set_bytes=1e9, cache_bytes=32e6)
+    assert cold.model_s == pytest.approx(5e-6 + 3 * 8 * 2 * 4 * 1024 * 1024 * 1e-9, rel=1e-9)
+    # Past the batches measured cold, weights no longer dominate: the warm rate.
+    big = kernels.Kernel(
+        "matmul", 2 * 64 * 1024 * 1024, 0, 0, (("batch", 1), ("k", 1024), ("m", 64), ("n", 1024))
+    )
+    assert kernel_model.predict([big], PROFILE, 1e9, 32e6).model_s == pytest.approx(
+        5e-6 + 2 * 64 * 1024 * 1024 * 1e-9
+    )
+    top = warm.top(2)
+    assert top[0]["kernels"] == "matmul M=4" and top[0]["share"] == pytest.approx(
+        8 * 2 * 4 * 1024 * 1024 * 1e-9 / want
+    )
+    assert "in 8 matmul M=4" in warm.text()
+
+
+def test_the_model_interpolates_and_extrapolates_in_log_space():
+    # Half-way (in log) between 1 MB and 10 MB: between 1e-4 and 1e-2 s, i.e. 1e-3 s.
+    assert kernel_model._loglog(PROFILE["tables"]["stream"], 10**6.5) == pytest.approx(1e-3)
+    # Past the largest size, linear in bytes.
+    assert kernel_model._loglog(PROFILE["tables"]["stream"], 1e9) == pytest.approx(1.0)
