@@ -100,84 +100,88 @@ def describe(k: Kernel) -> str:
     return k.cls.replace("_", " ")
 
 
-def _interp1(xs, ys, x: float) -> float:
-    """Linear interpolation in the table (xs sorted), clamped at both ends."""
-    return float(np.interp(x, xs, ys))
+class Lookup:
+    """A profile's tables as sorted log-space arrays, built once and queried per kernel."""
 
+    def __init__(self, profile: dict):
+        t = profile["tables"]
+        self.floor_s = profile["floor_s"]
+        self.bytes = {name: self._loglog_table(t[name]) for name in set(BYTES_TABLE.values())}
+        rows = [(bh * tt * kk * 4, s) for bh, tt, kk, s in t.get("batched", [])]
+        self.batched = self._loglog_table(rows) if rows else self.bytes["stream"]
+        # matmul: seconds per FLOP on a grid of (log M) per width; cold where measured.
+        self.matmul = {}
+        for cold in (0, 1):
+            use = [r for r in t["matmul"] if r[2] == cold]
+            self.matmul[cold] = self._grid((r[0], r[1], r[3] / (2 * r[0] * r[1] ** 2)) for r in use)
+        self.cold_m = max((r[0] for r in t["matmul"] if r[2] == 1), default=0)
+        # conv: seconds per FLOP on a grid of (log outputs) per channel count, per kernel.
+        self.conv = {}
+        for side in {r[1] for r in t["conv"]}:
+            use = [r for r in t["conv"] if r[1] == side]
+            self.conv[side] = self._grid(
+                (p * b * c, c, s / (2.0 * p * b * k * k * c * c)) for c, k, p, b, s in use
+            )
 
-def _loglog(table, nbytes: float) -> float:
-    """Seconds for `nbytes` from rows (bytes, seconds): log-log inside, linear beyond."""
-    rows = sorted(table)
-    b = np.log([r[0] for r in rows])
-    t = np.log([max(r[1], 1e-9) for r in rows])
-    if nbytes >= rows[-1][0]:
-        return rows[-1][1] * nbytes / rows[-1][0]
-    return math.exp(_interp1(b, t, math.log(max(nbytes, 1.0))))
+    @staticmethod
+    def _loglog_table(rows):
+        rows = sorted(rows)
+        return (
+            np.log([r[0] for r in rows]),
+            np.log([max(r[1], 1e-12) for r in rows]),
+            rows[-1][0],
+            rows[-1][1],
+        )
 
+    @staticmethod
+    def _grid(points):
+        """{log y: (log x array, log z array)} from points (x, y, z)."""
+        by_y = defaultdict(list)
+        for x, y, z in points:
+            by_y[math.log(y)].append((math.log(x), math.log(z)))
+        grid = {y: tuple(np.array(v) for v in zip(*sorted(pts))) for y, pts in by_y.items()}
+        return dict(sorted(grid.items()))
 
-def _grid(rows, x: float, y: float) -> float:
-    """Interpolate z over points (x_i, y_i, z_i) that form rows of a grid in y: along x
-    within each y (clamped), then along y."""
-    by_y: dict[float, list] = defaultdict(list)
-    for xi, yi, zi in rows:
-        by_y[yi].append((xi, zi))
-    ys = sorted(by_y)
-    zs = []
-    for yi in ys:
-        pts = sorted(by_y[yi])
-        zs.append(_interp1([p[0] for p in pts], [p[1] for p in pts], x))
-    return _interp1(ys, zs, y)
+    @staticmethod
+    def _at(grid, x: float, y: float) -> float:
+        """z at (x, y): along x within each y row (clamped), then along y."""
+        ys = list(grid)
+        zs = [float(np.interp(math.log(x), xs, z)) for xs, z in grid.values()]
+        return math.exp(float(np.interp(math.log(y), ys, zs)))
 
+    @staticmethod
+    def _bytes_seconds(table, nbytes: float) -> float:
+        """Log-log inside the table, linear in bytes past its largest size."""
+        logb, logt, last_b, last_t = table
+        if nbytes >= last_b:
+            return last_t * nbytes / last_b
+        return math.exp(float(np.interp(math.log(max(nbytes, 1.0)), logb, logt)))
 
-def _matmul_seconds(k: Kernel, tables: dict, cold: bool) -> float:
-    m, n, kk = k.dim("m"), k.dim("n"), k.dim("k")
-    d = math.sqrt(max(1, n * kk))
-    flops = max(k.flops, 1.0)
-    rows = tables["matmul"]
-    use = [r for r in rows if r[2] == int(cold)]
-    if cold:
-        cold_m = max(r[0] for r in use) if use else 0
-        if m > cold_m:  # past the batches measured cold, the weights no longer dominate
-            use = [r for r in rows if r[2] == 0]
-    pts = [(math.log(r[0]), math.log(r[1]), math.log(r[3] / (2 * r[0] * r[1] ** 2))) for r in use]
-    return flops * math.exp(_grid(pts, math.log(m), math.log(d)))
-
-
-def _batched_seconds(k: Kernel, tables: dict) -> float:
-    rows = [(bh * t * kk * 4, s) for bh, t, kk, s in tables["batched"]]
-    return _loglog(rows, k.bytes) if rows else _loglog(tables["stream"], k.bytes)
-
-
-def _conv_seconds(k: Kernel, tables: dict) -> float:
-    taps = k.dim("taps")
-    side = 3 if taps > 1 else 1
-    rows = [r for r in tables["conv"] if r[1] == side] or tables["conv"]
-    c = math.sqrt(k.dim("c_in") * k.dim("c_out"))
-    pts = []
-    for ch, kern, pixels, batch, s in rows:
-        flops = 2.0 * pixels * batch * kern * kern * ch * ch
-        pts.append((math.log(pixels * batch * ch), math.log(ch), math.log(s / flops)))
-    outputs = k.dim("outputs")  # output elements = pixels · batch · C_out
-    return max(k.flops, 1.0) * math.exp(_grid(pts, math.log(max(outputs, 1)), math.log(c)))
-
-
-def kernel_seconds(k: Kernel, profile: dict, cold: bool) -> float:
-    """One launch of kernel `k` on the profiled device, net of the per-call floor."""
-    tables = profile["tables"]
-    if k.cls == "matmul":
-        if k.dim("batch") > 1:
-            return _batched_seconds(k, tables)
-        return _matmul_seconds(k, tables, cold)
-    if k.cls == "conv":
-        return _conv_seconds(k, tables)
-    return _loglog(tables[BYTES_TABLE.get(k.cls, "stream")], k.bytes)
+    def seconds(self, k: Kernel, cold: bool) -> float:
+        """One launch of kernel `k` on the profiled device, net of the per-call floor."""
+        if k.cls == "matmul":
+            if k.dim("batch") > 1:
+                return self._bytes_seconds(self.batched, k.bytes)
+            m, d = k.dim("m"), math.sqrt(max(1, k.dim("n") * k.dim("k")))
+            # Past the batches measured cold, the weights no longer dominate: warm rates.
+            grid = (
+                self.matmul[1] if cold and m <= self.cold_m and self.matmul[1] else self.matmul[0]
+            )
+            return max(k.flops, 1.0) * self._at(grid, m, d)
+        if k.cls == "conv" and self.conv:
+            side = 3 if k.dim("taps") > 1 else 1
+            grid = self.conv.get(side) or next(iter(self.conv.values()))
+            c = math.sqrt(k.dim("c_in") * k.dim("c_out"))
+            return max(k.flops, 1.0) * self._at(grid, max(k.dim("outputs"), 1), c)
+        return self._bytes_seconds(self.bytes[BYTES_TABLE.get(k.cls, "stream")], k.bytes)
 
 
 def predict(
-    kernels: list[Kernel], profile: dict, working_set_bytes: float, cache_bytes: float
+    kernels: list[Kernel], profile: "dict | Lookup", working_set_bytes: float, cache_bytes: float
 ) -> ModelPrediction:
     """The model's time for one call of an executable with these kernels. Weights count
     as cold when the call's working set exceeds the last cache level (`cache_bytes`)."""
+    lookup = profile if isinstance(profile, Lookup) else Lookup(profile)
     cold = working_set_bytes > cache_bytes
-    times = tuple(KernelTime(k, kernel_seconds(k, profile, cold)) for k in kernels)
-    return ModelPrediction(profile["floor_s"], times)
+    times = tuple(KernelTime(k, lookup.seconds(k, cold)) for k in kernels)
+    return ModelPrediction(lookup.floor_s, times)

@@ -261,3 +261,73 @@ def cached(
             json.dump(entries, f)
         os.replace(tmp, path)
     return entries[k]
+
+
+# ---- profiles of datasheet devices ------------------------------------------------------
+
+# Per-class efficiency on a datasheet device: assumptions, not measurements, until a
+# profile measured on that kind of device exists (every prediction from them says so).
+# Large matmuls reach ~80% of the dense tensor peak and a device copy ~90% of the memory
+# bandwidth: REFERENCE 3 (H100 bf16 8192³ 798 of 989 TFLOP/s, copy 3.0 of 3.35 TB/s; H200
+# 788 of 989 and 4.3 of 4.8). Convolutions: half the peak (cuDNN and XLA:TPU convs on
+# ResNet-50 shapes run at about half of what a large GEMM reaches). Small matmuls fill
+# the machine only partly: efficiency grows with M up to 128 rows (one tensor-core or MXU
+# tile) and with the width up to 1024.
+MATMUL_EFFICIENCY, STREAM_EFFICIENCY, CONV_EFFICIENCY = 0.8, 0.9, 0.5
+# Fixed costs: one more kernel in an XLA:GPU executable costs a few microseconds of launch
+# and gap between kernels (host-device round trip of a launched kernel, NVIDIA Nsight
+# Systems guide; compiled executables enqueue kernels back to back, so the per-kernel
+# cost is a fraction of the ~20 us an eager PyTorch op pays); a jitted call's dispatch
+# through PJRT costs ~10 us. A TPU runs one program per call: fusions follow each other
+# on the device (~1 us), the host dispatch costs more (~30 us). Vendor figures vary by
+# driver and host; these are the model's defaults, stated so they can be checked.
+LAUNCH_S = {"gpu": 2.5e-6, "tpu": 1e-6}
+FLOOR_S = {"gpu": 10e-6, "tpu": 30e-6}
+
+
+def from_datasheet(spec, numerics: Numerics) -> dict:
+    """A profile built from a datasheet row (hardware.DeviceSpec) and the efficiencies and
+    fixed costs above, in the same tables as a measured one."""
+    ceilings = hardware.datasheet_ceilings(spec, numerics)
+    peak, bw, s = ceilings.peak_flops, ceilings.bandwidth, numerics.itemsize
+    launch = LAUNCH_S.get(spec.kind, LAUNCH_S["gpu"])
+    p = plan(spec.kind, spec.memory_bytes, spec.cache_bytes)
+
+    def mm_seconds(m, d):
+        fill = min(1.0, m / 128) * min(1.0, d / 1024)
+        flops, moved = 2.0 * m * d * d, s * (d * d + 2 * m * d)
+        return launch + max(
+            flops / (peak * MATMUL_EFFICIENCY * max(fill, 1 / 128)),
+            moved / (bw * STREAM_EFFICIENCY),
+        )
+
+    def bytes_seconds(moved):
+        return launch + moved / (bw * STREAM_EFFICIENCY)
+
+    matmul = [[m, d, 0, mm_seconds(m, d)] for d in p.matmul_d for m in p.matmul_m]
+    streams = [[b, bytes_seconds(b)] for b in p.stream_bytes]
+    conv = []
+    for c, k, side, b in p.conv:
+        flops = 2.0 * side * side * b * k * k * c * c
+        moved = s * (k * k * c * c + 2 * side * side * b * c)
+        conv.append(
+            [
+                c,
+                k,
+                side * side,
+                b,
+                launch + max(flops / (peak * CONV_EFFICIENCY), moved / (bw * STREAM_EFFICIENCY)),
+            ]
+        )
+    batched = [[bh, t, k, bytes_seconds(s * bh * t * k)] for bh, t, k, _ in p.batched]
+    tables = {"matmul": matmul, "batched": batched, "conv": conv}
+    tables |= {
+        name: streams
+        for name in ("stream", "reduction", "copy", "reduce_window", "gather", "scatter")
+    }
+    return {
+        "floor_s": FLOOR_S.get(spec.kind, FLOOR_S["gpu"]),
+        "launch_s": launch,
+        "tables": tables,
+        "source": "datasheet model, not validated",
+    }

@@ -165,6 +165,9 @@ def test_the_model_on_a_hand_made_profile():
 
 def test_the_model_interpolates_and_extrapolates_in_log_space():
     # Half-way (in log) between 1 MB and 10 MB: between 1e-4 and 1e-2 s, i.e. 1e-3 s.
-    assert kernel_model._loglog(PROFILE["tables"]["stream"], 10**6.5) == pytest.approx(1e-3)
+    lookup = kernel_model.Lookup(PROFILE)
+    stream = kernels.Kernel("elementwise", 0, 10**6.5, 0)
+    assert lookup.seconds(stream, cold=False) == pytest.approx(1e-3)
     # Past the largest size, linear in bytes.
-    assert kernel_model._loglog(PROFILE["tables"]["stream"], 1e9) == pytest.approx(1.0)
+    big = kernels.Kernel("copy", 0, 1e9, 0)
+    assert lookup.seconds(big, cold=False) == pytest.approx(1.0)  # 1e8 B in 0.1 s
