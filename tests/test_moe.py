@@ -146,6 +146,10 @@ POINT = {
     "router_checkpoint": "",
     "skew": 0.0,
     "token_mean": 0.0,
+    "shared_experts": 0,
+    "expert_groups": 1,
+    "top_groups": 1,
+    "route_scale": 1.0,
 }
 
 

@@ -1,8 +1,10 @@
 """The MoE FFN and the MoE decoder (REFERENCE 5): the KV-cache decoder with an MoE FFN in
 place of the dense one every N layers.
 
-Parameters of one MoE FFN: `router` (D×E) and `experts` ({"expert_i": {"gate", "up",
-"down"}}: separate arrays per expert, see batchlab.moe.dispatch). The auxiliary-loss-free
+Parameters of one MoE FFN: `router` (D×E), `experts` ({"expert_i": {"gate", "up",
+"down"}}: separate arrays per expert, see batchlab.moe.dispatch) and, with shared
+experts (DeepSeek-V3), `shared` (the same, one per shared expert; every token runs
+through all of them, their outputs added to the routed ones). The auxiliary-loss-free
 selection bias lives in its own collection, `balance` ({"bias": E}), which training
 updates by rule, outside the optimizer. Each call sows its `Routing` into
 `intermediates` (apply with mutable=["intermediates"] to get it, for losses and metrics).
@@ -45,6 +47,10 @@ class MoEConfig:
     dispatch: str = "slots"  # one of dispatch.IMPLS
     jitter: float = 0.0  # training: router inputs times U(1-eps, 1+eps), with rng "jitter"
     skip_idle: bool = True  # do not read experts no token picked
+    groups: int = 1  # deepseek_v3: experts in equal groups, picks inside the best top_groups
+    top_groups: int = 1
+    route_scale: float = 1.0  # deepseek_v3: the combine weights' scaling factor
+    shared_experts: int = 0  # experts every token uses besides its routed ones
 
 
 def init_experts(key, width: int, ffn: int, experts: int, gated: bool, dtype) -> dict:
@@ -75,9 +81,22 @@ def moe_apply(
     `offset` (E or BxE) shifts the logits: the routing comparison biases routers with it."""
     x_router = x_BxD if jitter_key is None else routing.jitter(x_BxD, jitter_key, moe.jitter)
     logits = routing.router_logits(x_router, params["router"], offset, precision)
-    r = routing.route(logits, moe.router, moe.top_k, moe.capacity_factor, moe.priority, bias_E)
+    r = routing.route(
+        logits,
+        moe.router,
+        moe.top_k,
+        moe.capacity_factor,
+        moe.priority,
+        bias_E,
+        groups=moe.groups,
+        top_groups=moe.top_groups,
+        scale=moe.route_scale,
+    )
     experts = expert_list(params["experts"])
-    return dispatch.run(moe.dispatch, experts, x_BxD, r, precision, moe.skip_idle), r
+    y_BxD = dispatch.run(moe.dispatch, experts, x_BxD, r, precision, moe.skip_idle)
+    for w in expert_list(params.get("shared", {})):
+        y_BxD = y_BxD + dispatch.expert_ffn(w, x_BxD, precision).astype(y_BxD.dtype)
+    return y_BxD, r
 
 
 class MoEFFN(nn.Module):
@@ -99,11 +118,19 @@ class MoEFFN(nn.Module):
                 key, cfg.width, cfg.ffn, moe.experts, cfg.gated_ffn, cfg.dtype
             ),
         )
+        params = {"router": router, "experts": experts}
+        if moe.shared_experts:
+            params["shared"] = self.param(
+                "shared",
+                lambda key: init_experts(
+                    key, cfg.width, cfg.ffn, moe.shared_experts, cfg.gated_ffn, cfg.dtype
+                ),
+            )
         bias = self.variable("balance", "bias", jnp.zeros, (moe.experts,), jnp.float32)
         key = self.make_rng("jitter") if moe.jitter > 0 and self.has_rng("jitter") else None
         b, s, d = x_BxSxD.shape
         y_BxD, r = moe_apply(
-            {"router": router, "experts": experts},
+            params,
             bias.value,
             x_BxSxD.reshape(b * s, d),
             moe,

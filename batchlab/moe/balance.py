@@ -4,6 +4,9 @@ Load before capacity counts each token's own top-k (what the router asked for; f
 expert choice, what token choice would have picked); load after counts the copies each
 expert actually ran. CV, MaxVio and entropy are of the load before capacity, where a
 biased gate shows; `max_vio_after` is what a capacity or expert choice leaves of it.
+These are the routed experts'. Shared experts (DeepSeek-V3), which every token uses,
+are balanced by construction: `load_shared` gives each one's rows (every token), and
+`rows_per_token` counts the rows a token costs, routed copies run plus shared experts.
 """
 
 import math
@@ -24,6 +27,25 @@ def load_balancing_loss(probs_BxE, chosen_Bxk):
     return e * jnp.sum(jax.lax.stop_gradient(f_E) * probs_BxE.mean(0))
 
 
+def sequence_balance_loss(probs_BxE, chosen_Bxk, sequence: int | None = None):
+    """DeepSeek-V3's sequence-wise balance loss, per sequence of T tokens, averaged over
+    the group's B/T sequences: Σ_e f_e·P_e with f_e = E/(k·T) · (tokens of the sequence
+    whose top-k includes e) and P_e the sequence's mean of the normalised scores (the
+    router's probabilities). Balanced minimum: 1. Multiply by α (DeepSeek-V3: 1e-4).
+    `sequence` None: the whole group is one sequence (then it equals the load-balancing
+    loss over k). The token rows of one sequence are consecutive (B·S flattened)."""
+    b, e = probs_BxE.shape
+    k = chosen_Bxk.shape[1]
+    t = b if sequence is None else sequence
+    if t < 1 or b % t:
+        raise ValueError(f"{b} tokens do not split into sequences of {t}")
+    n = b // t
+    seq_Bxk = jnp.broadcast_to((jnp.arange(b) // t)[:, None], chosen_Bxk.shape)
+    count_NxE = jnp.zeros((n, e), jnp.float32).at[seq_Bxk, chosen_Bxk].add(1.0)
+    p_NxE = probs_BxE.reshape(n, t, e).mean(1)
+    return jnp.mean(jnp.sum(e / (k * t) * count_NxE * p_NxE, axis=-1))
+
+
 def z_loss(logits_BxE):
     """Router z-loss (ST-MoE): mean over tokens of logsumexp(logits)²; weight 1e-3."""
     return jnp.mean(jax.nn.logsumexp(logits_BxE.astype(jnp.float32), axis=-1) ** 2)
@@ -35,8 +57,10 @@ def _pairs(tokens: int, experts: int, token, expert):
     return z.at[token, expert].max(1, mode="drop")
 
 
-def metrics(r: Routing) -> dict:
-    """Every balance metric of one routing, as arrays (jittable)."""
+def metrics(r: Routing, sequence: int | None = None, shared: int = 0) -> dict:
+    """Every balance metric of one routing, as arrays (jittable). `sequence`: tokens per
+    sequence for the sequence-wise loss (None: the group is one); `shared`: the shared
+    experts the layer runs on every token besides the routing."""
     b, e = r.probs_BxE.shape
     k = r.chosen_Bxk.shape[1]
     wanted_BxE = _pairs(b, e, jnp.arange(b)[:, None], r.chosen_Bxk)
@@ -63,7 +87,11 @@ def metrics(r: Routing) -> dict:
         "experts_touched": jnp.sum(after_E > 0),
         "capacity": jnp.int32(r.capacity),
         "lb_loss": load_balancing_loss(r.probs_BxE, r.chosen_Bxk),
+        "seq_balance_loss": sequence_balance_loss(r.probs_BxE, r.chosen_Bxk, sequence),
         "z_loss": z_loss(r.logits_BxE),
+        "shared_experts": jnp.int32(shared),
+        "load_shared": jnp.full((shared,), b, jnp.float32),
+        "rows_per_token": after_E.sum() / b + shared,
     }
 
 

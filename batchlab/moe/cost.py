@@ -1,15 +1,18 @@
 """Analytic cost of an MoE FFN layer (REFERENCE 2.7), pure functions of its shape.
 
-A point holds: width D, ffn F (per expert), ffn_kind, experts E, top_k k, router and
-capacity_factor. Over B tokens:
+A point holds: width D, ffn F (per expert), ffn_kind, experts E, top_k k, router,
+capacity_factor and shared_experts S. Over B tokens:
   FLOPs    router 2·B·D·E, plus 2·rows·(D·F per matrix, 3 matrices SwiGLU, 2 GELU), where
-           rows is the padded capacity E·C for token and expert choice, and B·k when
-           dropless (the copies, no padding: REFERENCE 2.7's ideal);
+           rows is the padded capacity E·C for token and expert choice, and B·k for the
+           dropless routers (dropless, deepseek_v3: the copies, no padding: REFERENCE
+           2.7's ideal), plus S·B rows of the shared experts;
   weights  the router, plus the experts read: the expected number some token picked,
-           E·(1 − (1 − k/E)^B) under uniform routing, for token choice; all E for expert
-           choice (every expert takes C >= 1 tokens);
-  activations  x in and y out, fp32 logits, and per row: the gathered input, each
-           matmul's input and output, the expert output combined back.
+           E·(1 − (1 − k/E)^B) under uniform routing, for token choice (deepseek_v3's
+           group limit ignored); all E for expert choice (every expert takes C >= 1
+           tokens); and every shared expert;
+  activations  x in and y out, fp32 logits, and per routed row: the gathered input, each
+           matmul's input and output, the expert output combined back; per shared row
+           the same less the gather.
 """
 
 import math
@@ -33,7 +36,7 @@ def matrices(point) -> list[tuple[int, int]]:
 def rows(point, tokens: int) -> int:
     """Rows the experts compute: padded capacity E·C, or B·k copies when dropless."""
     e, k = point["experts"], point["top_k"]
-    if point["router"] == "dropless":
+    if point["router"] in routing.DROPLESS:
         return tokens * k
     return e * routing.capacity(tokens, k, e, point["capacity_factor"])
 
@@ -53,10 +56,13 @@ def layer_cost(point, tokens: int, numerics: Numerics, experts_read_override=Non
     per_expert = sum(m * o for m, o in mats)
     n_rows = rows(point, tokens)
     read = experts_read(point, tokens) if experts_read_override is None else experts_read_override
+    shared = point.get("shared_experts", 0)
+    per_row = sum(m + o for m, o in mats)
     return Cost(
-        flops=2 * tokens * d * e + 2 * n_rows * per_expert,
-        weight_bytes=s * (d * e + read * per_expert),
-        activation_bytes=s * (2 * tokens * d + n_rows * (2 * d + sum(m + o for m, o in mats)))
+        flops=2 * tokens * d * e + 2 * (n_rows + shared * tokens) * per_expert,
+        weight_bytes=s * (d * e + (read + shared) * per_expert),
+        activation_bytes=s
+        * (2 * tokens * d + n_rows * (2 * d + per_row) + shared * tokens * (d + per_row))
         + 4 * tokens * e,
     )
 
@@ -67,7 +73,7 @@ def ep_buffer_capacity(point, tokens: int, devices: int) -> int:
     e, k, b = point["experts"], point["top_k"], tokens // devices
     group = tokens if point["routing_group"] == "batch" else b
     cap = group
-    if point["router"] != "dropless":
+    if point["router"] not in routing.DROPLESS:
         cap = routing.capacity(group, k, e, point["capacity_factor"])
     return expert_parallel.buffer_capacity(cap, b, point["routing_group"])
 
@@ -108,7 +114,7 @@ def dense_ffn_cost(point, tokens: int, numerics: Numerics) -> Cost:
 def critical_batch_estimate(peak_flops: float, bandwidth: float, point, numerics) -> float:
     """REFERENCE 2.7: compute-bound only near b ≈ (P·s_w/(2·BW))·E/k, here divided by the
     capacity factor too, since padded slots are computed (1 when dropless)."""
-    cf = 1.0 if point["router"] == "dropless" else point["capacity_factor"]
+    cf = 1.0 if point["router"] in routing.DROPLESS else point["capacity_factor"]
     b_dense = peak_flops * numerics.itemsize / (2 * bandwidth)
     return b_dense * point["experts"] / (point["top_k"] * cf)
 

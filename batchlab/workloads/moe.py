@@ -4,8 +4,12 @@
 Cost: batchlab.moe.cost (experts touched, then all experts read, then compute). The
 batch of moe_layer is tokens (one routing group); the decoders' group is batch·S tokens.
 Each record gets `metrics`: the balance metrics of every MoE layer on the point's own
-inputs (batchlab.moe.balance) and the dispatch used, with the time of each candidate
-when it was chosen by measurement (--dispatches=auto).
+inputs (batchlab.moe.balance; the sequence-wise loss per prompt for prefill, over the
+whole group for moe_layer and a decode step, whose B tokens are one per sequence) and
+the dispatch used, with the time of each candidate when it was chosen by measurement
+(--dispatches=auto). Shared experts (--shared_experts) run on every token of all three;
+under expert parallelism (moe_layer with an "expert" axis) they and deepseek_v3's group
+limit and scale are refused, since batchlab.moe.expert_parallel runs neither yet.
 
 moe_layer also takes what the routing comparison (experiments.routing) varies: a logit
 skew s, which adds s·(2e/(E−1) − 1) to expert e's logit (a router biased on purpose, its
@@ -43,8 +47,10 @@ MOE_PARAMS = (
         ("token_choice",),
         "token_choice (top-k with a capacity), dropless (top-k, nothing dropped), "
         "expert_choice (each expert takes its top C tokens; not causal, so not for "
-        "decoding), or uniform (moe_layer only: token choice on random logits, each token's "
-        "k experts picked at random; the balanced baseline).",
+        "decoding), deepseek_v3 (DeepSeek-V3: sigmoid scores, top-k inside the best "
+        "--top_groups of --expert_groups, gates normalised over the selected times "
+        "--route_scales, nothing dropped), or uniform (moe_layer only: token choice on "
+        "random logits, each token's k experts picked at random; the balanced baseline).",
         choices=(*routing.ROUTERS, UNIFORM),
     ),
     Param(
@@ -73,6 +79,40 @@ MOE_PARAMS = (
         choices=dispatch.DISPATCHES,
     ),
     Param(
+        "shared_experts",
+        "shared_experts",
+        int,
+        (0,),
+        "Shared experts every token runs through besides its routed ones, each of the "
+        "routed experts' size (DeepSeek-V3: 1); counted in the cost and the balance metrics.",
+        minimum=0,
+    ),
+    Param(
+        "expert_groups",
+        "expert_groups",
+        int,
+        (1,),
+        "deepseek_v3: the experts in this many equal groups; a token picks its top-k inside "
+        "its --top_groups best groups (a group's score: its two best scores) (1: no limit).",
+        minimum=1,
+    ),
+    Param(
+        "top_groups",
+        "top_groups",
+        int,
+        (1,),
+        "deepseek_v3: groups a token may pick from, at most --expert_groups.",
+        minimum=1,
+    ),
+    Param(
+        "route_scale",
+        "route_scales",
+        float,
+        (1.0,),
+        "deepseek_v3: the combine weights (selected scores normalised to sum 1) times this "
+        "(DeepSeek-V3: 2.5); > 0.",
+    ),
+    Param(
         "router_checkpoint",
         "router_checkpoints",
         str,
@@ -80,6 +120,12 @@ MOE_PARAMS = (
         "A router trained by experiments.train_router (its OUT_DIR/<method>): its router "
         "weights and selection bias replace the random ones; empty for a random router.",
     ),
+)
+# (flag, parameter, default) of what only deepseek_v3 uses.
+DEEPSEEK_ONLY = (
+    ("expert_groups", "expert_groups", 1),
+    ("top_groups", "top_groups", 1),
+    ("route_scales", "route_scale", 1.0),
 )
 _DECODER = {p.name: p for p in dec_wl.MODEL_PARAMS}
 ROUTING_GROUP = Param(
@@ -133,6 +179,10 @@ def moe_config(point: Point, chosen_dispatch: str | None = None) -> mm.MoEConfig
         capacity_factor=point["capacity_factor"],
         priority=point["priority"],
         dispatch=chosen_dispatch or point["dispatch"],
+        groups=point["expert_groups"],
+        top_groups=point["top_groups"],
+        route_scale=point["route_scale"],
+        shared_experts=point["shared_experts"],
     )
 
 
@@ -151,6 +201,33 @@ def validate_moe(point: Point) -> None:
     if point["router_checkpoint"]:
         rc.check_router_fits(
             point["router_checkpoint"], point["width"], point["experts"], "--router_checkpoints"
+        )
+    _validate_groups(point)
+
+
+def _validate_groups(point: Point) -> None:
+    """deepseek_v3's group limit and scale: its own, and consistent with E and k."""
+    e, k, g, top = point["experts"], point["top_k"], point["expert_groups"], point["top_groups"]
+    if point["route_scale"] <= 0:
+        raise ConfigError(f"--route_scales: {point['route_scale']} is not allowed; must be > 0")
+    if point["router"] != "deepseek_v3":
+        for flag, name, default in DEEPSEEK_ONLY:
+            if point[name] != default:
+                raise ConfigError(
+                    f"--{flag}: {point[name]} is deepseek_v3's (--routers=deepseek_v3); with "
+                    f"--routers={point['router']} leave it at {default}"
+                )
+        return
+    if e % g:
+        raise ConfigError(
+            f"--expert_groups: {e} experts (--experts) do not split into {g} equal groups"
+        )
+    if top > g:
+        raise ConfigError(f"--top_groups: {top} is more than the {g} groups (--expert_groups)")
+    if k > top * (e // g):
+        raise ConfigError(
+            f"--top_groups: top-k {k} (--top_ks) is more than the {top * (e // g)} experts of "
+            f"{top} group(s) of {e // g}; raise --top_groups"
         )
 
 
@@ -179,9 +256,11 @@ def _load_router(point, params_list, balance_list):
     return tcfg
 
 
-def _balance_metrics(routings_fn, *args) -> list[dict]:
-    """Balance metrics of each Routing that `routings_fn(*args)` returns (one compile)."""
-    ms = jax.jit(lambda *a: [balance.metrics(r) for r in routings_fn(*a)])(*args)
+def _balance_metrics(routings_fn, *args, point: Point, sequence: int | None = None) -> list[dict]:
+    """Balance metrics of each Routing that `routings_fn(*args)` returns (one compile);
+    `sequence`: tokens per sequence for the sequence-wise loss (None: the whole group)."""
+    shared = point["shared_experts"]
+    ms = jax.jit(lambda *a: [balance.metrics(r, sequence, shared) for r in routings_fn(*a)])(*args)
     return [balance.to_host(m) for m in ms]
 
 
@@ -249,6 +328,7 @@ def build_layer(point: Point, batch: int, numerics: Numerics, key) -> Workload:
         lambda w, x, o=None: [mm.moe_apply(w["params"], w["balance"]["bias"], x, moe, None, o)[1]],
         weights,
         *inputs,
+        point=point,
     )
     return Workload(
         fn=fn,
@@ -266,11 +346,28 @@ def _expert_parallel(point, axes) -> bool:
     return expert_parallel.EXPERT in axes or point["routing_group"] == "device"
 
 
+def _check_expert_parallel(point: Point) -> None:
+    """What batchlab.moe.expert_parallel does not run yet: shared experts and
+    deepseek_v3's group limit and scale (its routing call takes neither)."""
+    if point["shared_experts"]:
+        raise ConfigError(
+            "--shared_experts: the expert-parallel layer has no shared experts yet; run "
+            "them on one device, or along --mesh=data:N"
+        )
+    for flag, name, default in DEEPSEEK_ONLY:
+        if point[name] != default:
+            raise ConfigError(
+                f"--{flag}: the expert-parallel layer routes without deepseek_v3's group "
+                f"limit and scale yet; leave --{flag} at {default} under an expert axis"
+            )
+
+
 def layer_mesh_cost(point: Point, batch: int, numerics: Numerics, spec) -> Cost | None:
     """One device's share under expert parallelism; None for the default layout."""
     axes = dict(spec)
     if not _expert_parallel(point, axes):
         return None
+    _check_expert_parallel(point)
     n_e = axes.get(expert_parallel.EXPERT, 1)
     return moecost.expert_parallel_cost(point, batch, numerics, distributed.size(spec), n_e)
 
@@ -280,6 +377,7 @@ def _place_layer(point, batch, numerics, mesh, weights, inputs):
     group = point["routing_group"]
     if not _expert_parallel(point, mesh.axis_names):
         return None
+    _check_expert_parallel(point)
     with_offset = len(inputs) == 2
     fn = expert_parallel.layer(
         mesh, moe_config(point), group, numerics.lax_precision, with_offset=with_offset
@@ -368,7 +466,13 @@ def _build_decoder(point, numerics, key, tokens_BxS, positions_BxS, cache):
     chosen, dispatch_info = _choose_dispatch(point, (params[0], biases[0]["bias"], x_BxD), numerics)
     model, moe = model_of(point, numerics, chosen)
     ms = _balance_metrics(
-        lambda *a: mm.routings(model, *a), weights, tokens_BxS, positions_BxS, cache
+        lambda *a: mm.routings(model, *a),
+        weights,
+        tokens_BxS,
+        positions_BxS,
+        cache,
+        point=point,
+        sequence=tokens_BxS.shape[1] if tokens_BxS.shape[1] > 1 else None,
     )
     metrics = {"tokens": n, "dispatch": dispatch_info, "balance": ms}
     return model, moe, weights, metrics
