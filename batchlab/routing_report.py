@@ -8,7 +8,10 @@ parameters (router, priority, skew), its balance metrics and chosen dispatch, it
 each ffn record's time, stored cost and ceilings (k experts' weights / bandwidth is its
 weight bytes over its bandwidth).
 Token choice with priority "confidence" (batch-prioritized routing) is labelled
-token_choice_bpr. Points that share every other parameter form one comparison.
+token_choice_bpr; a router with shared experts or a group limit says so
+(deepseek_v3_g4/2+1shared: 4 groups, picks in the best 2, one shared expert). Points
+that share every other parameter form one comparison. A time ratio is starred when the
+two medians' 95% intervals separate (analysis.compare): a real difference, not noise.
 
 Router training (experiments.train_router; one directory per method): each method's
 balance and loss at the end of training and on fresh tokens after it (its TRAIN_STEP and
@@ -25,9 +28,18 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from batchlab import record, results  # noqa: E402
+from batchlab import analysis, record, results  # noqa: E402
 
-VARIED = ("router", "priority", "skew")  # what a comparison varies (besides the batch)
+# What a comparison varies (besides the batch): the router and how it is set up.
+VARIED = (
+    "router",
+    "priority",
+    "skew",
+    "shared_experts",
+    "expert_groups",
+    "top_groups",
+    "route_scale",
+)
 FILES = ("routing_load.png", "routing_metrics.png", "routing_time.png")
 METRICS = (
     ("max_vio", "MaxVio (before capacity)"),
@@ -51,8 +63,14 @@ def load(out_dir: str, warn=None) -> list[dict]:
 
 
 def router_label(r: dict) -> str:
+    """'token_choice', 'token_choice_bpr', 'deepseek_v3_g4/2+1shared', ..."""
     p = r["params"]
-    return p["router"] + ("_bpr" if p.get("priority") == "confidence" else "")
+    label = p["router"] + ("_bpr" if p.get("priority") == "confidence" else "")
+    if p.get("expert_groups", 1) > 1:
+        label += f"_g{p['expert_groups']}/{p['top_groups']}"
+    if p.get("shared_experts"):
+        label += f"+{p['shared_experts']}shared"
+    return label
 
 
 def _layer(r: dict) -> tuple:
@@ -141,10 +159,11 @@ def summary(records: list[dict]) -> str:
                 )
             else:
                 lines.append(f"\nbatch {b} tokens: no dense yardstick measured")
+            width = max(17, *(len(router) for router in routers))
             lines.append(
-                f"{'router':<17} {'skew':>5} {'MaxVio':>7} {'busiest':>8} {'dropped':>8} "
+                f"{'router':<{width}} {'skew':>5} {'MaxVio':>7} {'busiest':>8} {'dropped':>8} "
                 f"{'CV':>5} {'entropy':>7} {'conf':>5} {'dispatch':>8} {'ms':>9} "
-                f"{'vs skew0':>8} {'vs dense':>8}"
+                f"{'vs skew0':>9} {'vs dense':>9}"
             )
             for router in routers:
                 base = moe.get((router, skews[0], b))
@@ -153,17 +172,29 @@ def summary(records: list[dict]) -> str:
                     if r is None:
                         continue
                     m, t = _balance(r), _t(r)
-                    vs0 = f"{t / _t(base):>7.2f}x" if base else f"{'-':>8}"
                     lines.append(
-                        f"{router:<17} {s:>5.2g} {100 * m['max_vio']:>+6.0f}% "
+                        f"{router:<{width}} {s:>5.2g} {100 * m['max_vio']:>+6.0f}% "
                         f"{100 * (busiest_share(r) - 1):>+7.0f}% "
                         f"{100 * m['dropped_fraction']:>7.1f}% "
                         f"{m['cv']:>5.2f} {m['entropy']:>7.3f} {m['confidence']:>5.2f} "
                         f"{r['metrics']['dispatch']['chosen']:>8} {t * 1e3:>9.3f} "
-                        f"{vs0} {t / t_dense:>7.2f}x"
+                        f"{_vs(base, r)} {_vs(d, r)}"
                     )
-        lines += ["", *answer_for(moe)]
+        lines += [
+            "",
+            "* the two medians' 95% intervals separate: a real difference, not timing noise",
+            "",
+            *answer_for(moe),
+        ]
     return "\n".join(lines)
+
+
+def _vs(base: dict | None, r: dict) -> str:
+    """'  1.05x* ': r's time over base's, starred when the difference is real."""
+    if base is None:
+        return f"{'-':>9}"
+    diff = analysis.compare(base, r)
+    return f"{diff.ratio:>7.2f}x" + ("*" if diff.real else " ")
 
 
 def _join(points, value, fmt: str) -> str:
@@ -219,7 +250,9 @@ def answer_for(moe: dict) -> list[str]:
         "more makes it faster. Dropless computes all B·k copies however they are spread. "
         "Expert choice keeps every expert at C. With one expert per device (expert "
         "parallelism) the busiest expert would set the time: dropless by the 'busiest' "
-        "factor, a capacity layer by at most C/(B·k/E), the capacity factor."
+        "factor, a capacity layer by at most C/(B·k/E), the capacity factor. deepseek_v3 "
+        "drops nothing, like dropless; a shared expert adds one dense FFN's work per "
+        "token, so its layer does k + 1 FFNs' work against the yardstick's k."
     )
     return lines
 

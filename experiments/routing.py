@@ -5,10 +5,13 @@ python -m experiments.routing --flagfile=configs/moe/routing_balance.flags
 
 The sweep's own flags describe one moe_layer sweep (--routers, --skews, --token_means,
 ...); this script runs it and its variants as ordinary sweeps, each a resumable results
-directory: OUT_DIR/routers (the flags as given), OUT_DIR/bpr (token choice with
-batch-prioritized routing, priority confidence) and OUT_DIR/dense (the ffn family: k
-dense FFNs of one expert's size, k = --top_ks). Then it prints the routing summary and
-writes the plots into OUT_DIR from those directories alone.
+directory: OUT_DIR/routers (the flags as given, less DeepSeek-V3's layout), OUT_DIR/bpr
+(token choice with batch-prioritized routing, priority confidence), OUT_DIR/deepseek
+(--routers=deepseek_v3 with the flags' --shared_experts, --expert_groups, --top_groups
+and --route_scales: DeepSeek-V3's layout, which the other variants leave at their
+defaults) and OUT_DIR/dense (the ffn family: k dense FFNs of one expert's size, k =
+--top_ks). All see the same tokens and router weights at a batch. Then it prints the
+routing summary and writes the plots into OUT_DIR from those directories alone.
 """
 
 import os
@@ -24,12 +27,16 @@ from experiments import cli, sweep_flags
 F = sweep_flags.define()
 flags.FLAGS.set_default("model", "moe_layer")
 flags.FLAGS.set_default("out_dir", "runs/routing")
-VARIANTS = ("routers", "bpr", "dense")
+VARIANTS = ("routers", "bpr", "deepseek", "dense")
+# DeepSeek-V3's layout: the deepseek variant's; the others run without it.
+DEEPSEEK_FLAGS = ("shared_experts", "expert_groups", "top_groups", "route_scales")
 VARIANT = flags.DEFINE_list(
     "variants",
     list(VARIANTS),
-    "Sweeps to run, each into OUT_DIR/<name>: routers (the flags as given), bpr (token "
-    "choice, priority confidence), dense (k dense FFNs, the yardstick).",
+    "Sweeps to run, each into OUT_DIR/<name>: routers (the flags as given, less "
+    "DeepSeek-V3's layout), bpr (token choice, priority confidence), deepseek "
+    "(deepseek_v3 with --shared_experts, --expert_groups, --top_groups, --route_scales), "
+    "dense (k dense FFNs, the yardstick).",
 )
 DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Validate and print each sweep's grid; write nothing."
@@ -53,16 +60,19 @@ def variants(out_dir: str) -> dict[str, list[str]]:
     lines = [ln for ln in sweep_flags.resolved_flagfile(F).splitlines() if ln.startswith("--")]
     mine = {p.flag for p in workloads.get("ffn").params}
     not_ffn = [name for name in F.family if name not in mine]
-    base = sweep_flags.sweep_config(F)
+    base = sweep_flags.parse(_args(lines, DEEPSEEK_FLAGS))  # the flags, valid for any router
     copies = ",".join(str(k) for k in base.grid["top_k"])
     args = {
-        "routers": _args(lines, (), out_dir=os.path.join(out_dir, "routers")),
+        "routers": _args(lines, DEEPSEEK_FLAGS, out_dir=os.path.join(out_dir, "routers")),
         "bpr": _args(
             lines,
-            (),
+            DEEPSEEK_FLAGS,
             routers="token_choice",
             priorities="confidence",
             out_dir=os.path.join(out_dir, "bpr"),
+        ),
+        "deepseek": _args(
+            lines, (), routers="deepseek_v3", out_dir=os.path.join(out_dir, "deepseek")
         ),
         "dense": _args(
             lines, not_ffn, model="ffn", copies=copies, out_dir=os.path.join(out_dir, "dense")

@@ -1,5 +1,5 @@
 """Routers, balance metrics and losses against hand calculations and plain numpy; the
-routing comparison (experiments.routing) as three ordinary sweeps on identical inputs."""
+routing comparison (experiments.routing) as four ordinary sweeps on identical inputs."""
 
 import ast
 import json
@@ -261,6 +261,10 @@ def test_decoders_refuse_the_uniform_router(family):
 ROUTING = [
     "--routers=token_choice,expert_choice,uniform",
     "--skews=0,3",
+    "--shared_experts=1",  # DeepSeek-V3's layout: the deepseek variant's alone
+    "--expert_groups=2",
+    "--top_groups=1",
+    "--route_scales=2.5",
     "--batch_sizes=32",
     "--widths=16",
     "--ffn_widths=16",
@@ -301,11 +305,12 @@ def _by(out):
     return recs, moe
 
 
-def test_the_comparison_is_three_ordinary_sweeps_on_identical_inputs(comparison):
+def test_the_comparison_is_four_ordinary_sweeps_on_identical_inputs(comparison):
     out, stdout = comparison
     for name, model, n in (
         ("routers", "moe_layer", 6),
         ("bpr", "moe_layer", 2),
+        ("deepseek", "moe_layer", 2),
         ("dense", "ffn", 1),
     ):
         d = out / name
@@ -320,7 +325,14 @@ def test_the_comparison_is_three_ordinary_sweeps_on_identical_inputs(comparison)
             assert r["config_name"] == "routing" and r["provenance"]["device_kind"]
             assert record.problem(r) is None
     assert "--priorities=confidence" in (out / "bpr" / results.FLAGS).read_text()
+    deepseek = (out / "deepseek" / results.FLAGS).read_text()
+    assert "--routers=deepseek_v3" in deepseek and "--shared_experts=1" in deepseek
+    for name in ("routers", "bpr"):  # the others run without DeepSeek-V3's layout
+        assert "--shared_experts=1" not in (out / name / results.FLAGS).read_text()
     recs, by = _by(out)
+    ds0 = by[("deepseek_v3_g2/1+1shared", 0.0)]
+    assert ds0["load_shared"] == [32] and ds0["dropped_fraction"] == 0
+    assert sum(ds0["load_before"]) == sum(by[("token_choice", 0.0)]["load_before"])
     tc0, tc3 = by[("token_choice", 0.0)], by[("token_choice", 3.0)]
     # The same tokens and router weights in every sweep: each top-k router asks for the
     # same load at a skew (expert choice's load_before is token choice's picks).
@@ -342,6 +354,8 @@ def test_the_comparison_is_three_ordinary_sweeps_on_identical_inputs(comparison)
     x0, x3 = (f"{100 * m['max_vio']:+.0f}" for m in (tc0, tc3))
     assert "token_choice (slots): time" in stdout and f"b=32: X {x0}/{x3}% -> time 1.00/" in stdout
     assert "token_choice_bpr (slots): time" in stdout and "uniform (slots): time" in stdout
+    assert "deepseek_v3_g2/1+1shared (slots): time" in stdout
+    assert "* the two medians' 95% intervals separate" in stdout
     for name in routing_report.FILES:
         assert (out / name).stat().st_size > 10_000
 
@@ -351,7 +365,7 @@ def test_a_rerun_measures_nothing_twice(comparison):
     before = files(out)
     proc = run_cli(*ROUTING, f"--out_dir={out}", "--noplot", module="experiments.routing")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("nothing to measure") == 3
+    assert proc.stdout.count("nothing to measure") == 4
     assert files(out) == before
 
 
