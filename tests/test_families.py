@@ -101,21 +101,21 @@ KNOWN = {
     "decode": Known((1.0, 1.2), _DECODER_FLOPS, _lookup_tables),
     "prefill": Known((1.0, 1.2), _DECODER_FLOPS, _lookup_tables),
     "moe_layer": Known(
-        (1.0, 1.1),
-        "with the slots dispatch XLA counts every expert's branch over its C padded slots, "
-        "as the analytic count does, plus the router's softmax, top-k and the combine. "
-        "Dropless on slots computes E·B rows for the B·k counted (2x here), sorted counts "
-        "its chunk padding (16x) and ragged lowers to dense work on CPU (4x): examples use "
-        "slots; tests/test_moe.py checks dropless on slots",
+        (1.0, 1.45),
+        "the slots dispatch runs each expert some copy reached on its C slots: the analytic "
+        "count expects E·(1 − (1 − k/E)^B) of them to run (3 of 4 at 2 tokens), XLA counts "
+        "every expert's branch (4/3 here), plus the router's softmax, top-k and the combine. "
+        "The cost follows the dispatch (tests/test_moe.py): sorted counts its chunk padding "
+        "in XLA (16x) and ragged lowers to dense work on CPU (4x), so examples use slots",
         _unread_experts,
     ),
     "moe_decode": Known(
-        (1.0, 1.2),
+        (1.0, 1.45),
         f"{_DECODER_FLOPS}; the MoE layers as for moe_layer",
         lambda w, p, b: _lookup_tables(w, p, b) + _unread_experts(w, p, b),
     ),
     "moe_prefill": Known(
-        (1.0, 1.2),
+        (1.0, 1.45),
         f"{_DECODER_FLOPS}; the MoE layers as for moe_layer",
         lambda w, p, b: _lookup_tables(w, p, b) + _unread_experts(w, p, b),
     ),

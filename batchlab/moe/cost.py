@@ -2,10 +2,13 @@
 
 A point holds: width D, ffn F (per expert), ffn_kind, experts E, top_k k, router,
 capacity_factor and shared_experts S. Over B tokens:
-  FLOPs    router 2·B·D·E, plus 2·rows·(D·F per matrix, 3 matrices SwiGLU, 2 GELU), where
-           rows is the padded capacity E·C for token and expert choice, and B·k for the
-           dropless routers (dropless, deepseek_v3: the copies, no padding: REFERENCE
-           2.7's ideal), plus S·B rows of the shared experts;
+  FLOPs    router 2·B·D·E, plus 2·rows·(D·F per matrix, 3 matrices SwiGLU, 2 GELU), plus
+           S·B rows of the shared experts. The rows follow the dispatch (`rows`): "slots"
+           runs each expert some copy reached on its C slots (C = B when dropless: an
+           expert may take every token); "sorted" and "ragged" run the copies kept, B·k
+           when dropless; "auto" (not yet resolved to one) counts REFERENCE 2.7's ideal:
+           the padded capacity E·C, or B·k for the dropless routers (dropless,
+           deepseek_v3);
   weights  the router, plus the experts read: the expected number some token picked,
            E·(1 − (1 − k/E)^B) under uniform routing, for token choice (deepseek_v3's
            group limit ignored); all E for expert choice (every expert takes C >= 1
@@ -33,12 +36,18 @@ def matrices(point) -> list[tuple[int, int]]:
     return [(d, f), (d, f), (f, d)] if point["ffn_kind"] == "gated" else [(d, f), (f, d)]
 
 
-def rows(point, tokens: int) -> int:
-    """Rows the experts compute: padded capacity E·C, or B·k copies when dropless."""
+def rows(point, tokens: int) -> float:
+    """Rows the experts compute under the point's dispatch (module docstring); expected
+    values under uniform routing, so not always whole."""
     e, k = point["experts"], point["top_k"]
-    if point["router"] in routing.DROPLESS:
-        return tokens * k
-    return e * routing.capacity(tokens, k, e, point["capacity_factor"])
+    dropless = point["router"] in routing.DROPLESS
+    slots = tokens if dropless else routing.capacity(tokens, k, e, point["capacity_factor"])
+    dispatch = point.get("dispatch", "auto")
+    if dispatch == "slots":
+        return experts_read(point, tokens) * slots
+    if dispatch in ("sorted", "ragged"):
+        return float(tokens * k if dropless else min(tokens * k, e * slots))
+    return float(tokens * k if dropless else e * slots)
 
 
 def experts_read(point, tokens: int) -> float:

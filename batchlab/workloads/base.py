@@ -64,6 +64,9 @@ class Workload:
     next_inputs: Callable[[Any, tuple], tuple] | None = None
     metrics: dict = dataclasses.field(default_factory=dict)
     place: Callable[[Any], Any] | None = None
+    # Parameter values the build chose for itself (dispatch=auto: the fastest measured);
+    # its cost, and the sweep's costs at other batches, are the point's at these values.
+    resolved: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -334,8 +334,9 @@ def build_layer(point: Point, batch: int, numerics: Numerics, key) -> Workload:
         fn=fn,
         weights=weights,
         inputs=inputs,
-        cost=layer_cost(point, batch, numerics),
+        cost=layer_cost(point | {"dispatch": chosen}, batch, numerics),
         metrics={"tokens": batch, "dispatch": dispatch_info, "balance": ms},
+        resolved={"dispatch": chosen},
         place=lambda mesh: _place_layer(point, batch, numerics, mesh, weights, inputs),
     )
 
@@ -475,7 +476,7 @@ def _build_decoder(point, numerics, key, tokens_BxS, positions_BxS, cache):
         sequence=tokens_BxS.shape[1] if tokens_BxS.shape[1] > 1 else None,
     )
     metrics = {"tokens": n, "dispatch": dispatch_info, "balance": ms}
-    return model, moe, weights, metrics
+    return model, moe, weights, metrics, chosen
 
 
 def decode_cost(point: Point, batch: int, numerics: Numerics) -> Cost:
@@ -503,17 +504,18 @@ def build_decode(point: Point, batch: int, numerics: Numerics, key) -> Workload:
     cfg = dec_wl.model_config(point, numerics)
     k_init, k_inputs = jax.random.split(key)
     cache, tokens_B, positions_B = dec_wl.decode_inputs(cfg, point["context"], batch, k_inputs)
-    model, moe, weights, metrics = _build_decoder(
+    model, moe, weights, metrics, chosen = _build_decoder(
         point, numerics, k_init, tokens_B[:, None], positions_B[:, None], cache
     )
     return Workload(
         fn=lambda p, c, tok, pos: mm.decode_step(model, moe, p, c, tok, pos),
         weights=weights,
         inputs=(cache, tokens_B, positions_B),
-        cost=decode_cost(point, batch, numerics),
+        cost=decode_cost(point | {"dispatch": chosen}, batch, numerics),
         donate_argnums=(1,),
         next_inputs=lambda out, inputs: (out[0], *inputs[1:]),
         metrics=metrics,
+        resolved={"dispatch": chosen},
     )
 
 
@@ -535,15 +537,16 @@ def build_prefill(point: Point, batch: int, numerics: Numerics, key) -> Workload
     tokens_BxS = jax.random.randint(k_tok, (batch, s), 0, cfg.vocab)
     positions_BxS = jnp.broadcast_to(jnp.arange(s), (batch, s))
     cache = dec.init_cache(cfg, batch, s)
-    model, _, weights, metrics = _build_decoder(
+    model, _, weights, metrics, chosen = _build_decoder(
         point, numerics, k_init, tokens_BxS, positions_BxS, cache
     )
     return Workload(
         fn=lambda p, tok: dec.prefill(model, p, tok),
         weights=weights,
         inputs=(tokens_BxS,),
-        cost=prefill_cost(point, batch, numerics),
+        cost=prefill_cost(point | {"dispatch": chosen}, batch, numerics),
         metrics=metrics,
+        resolved={"dispatch": chosen},
     )
 
 
