@@ -31,6 +31,8 @@ PANEL_W, PANEL_H = 6.0, 3.4  # inches per panel
 KNEE = dict(marker="o", ms=11, mfc="none", mew=1.4, ls="none")  # a ring round the curve
 B_STAR = dict(marker="*", ms=10, ls="none", mec="black", mew=0.5)
 ROOFLINE = dict(ls="--", lw=1.2, alpha=0.7)
+MODEL = dict(ls=":", lw=1.8, alpha=0.9)  # the per-kernel model (prediction.model_s)
+MODEL_KNEE = dict(marker="D", ms=6, mfc="none", mew=1.2, ls="none")
 ERROR_BAR = dict(elinewidth=1.0, capsize=2.5, alpha=0.8)  # the median's 95% interval
 
 
@@ -180,13 +182,18 @@ def _draw_series(axes, points: list[dict], x: str, style: dict) -> dict:
     t = [r["time"]["median_s"] * 1e3 for r in points]
     band = [[v * 1e3 for v in analysis.interval(r)] for r in points]  # the median's 95%
     pred = [r["prediction"]["lower_s"] * 1e3 for r in points]
-    b_star = knee = None
+    model = [r["prediction"].get("model_s") for r in points]
+    model = [v * 1e3 for v in model] if all(model) else None
+    b_star = knee = model_knee = None
     drew_bars = False
     if x == "batch":
         fit = analysis.fit_knee(xs, t)
         knee = fit.batch if fit.found else None
         b_star = record.b_star(points[-1])
         b_star = b_star if b_star is not None and min(xs) <= b_star <= max(xs) else None
+        if model is not None:
+            fit = analysis.fit_knee(xs, model)
+            model_knee = fit.batch if fit.found else None
     for ax, gid, per in zip(axes, ("measured", "measured_per_example"), ([1] * len(xs), xs)):
         measured = [v / s for v, s in zip(t, per)]
         roof = [v / s for v, s in zip(pred, per)]
@@ -206,11 +213,23 @@ def _draw_series(axes, points: list[dict], x: str, style: dict) -> dict:
             )
             drew_bars = True
         ax.plot(xs, roof, color=style["color"], gid="roofline", **ROOFLINE)
+        if model is not None:
+            curve = [v / s for v, s in zip(model, per)]
+            ax.plot(xs, curve, color=style["color"], gid="model", **MODEL)
+            if model_knee is not None:
+                at = _on_curve(xs, curve, model_knee)
+                ax.plot([model_knee], [at], color=style["color"], **MODEL_KNEE)
         if b_star is not None:
             ax.plot([b_star], [_on_curve(xs, roof, b_star)], color=style["color"], **B_STAR)
         if knee is not None:
             ax.plot([knee], [_on_curve(xs, measured, knee)], color=style["color"], **KNEE)
-    return {"b*": b_star is not None, "knee": knee is not None, "ci95": drew_bars}
+    return {
+        "b*": b_star is not None,
+        "knee": knee is not None,
+        "ci95": drew_bars,
+        "model": model is not None,
+        "model knee": model_knee is not None,
+    }
 
 
 class _Plain(LogFormatter):
@@ -259,6 +278,10 @@ def _legend(fig: Figure, colour: dict, devices: dict, drew: dict, width: float) 
                 [], [], marker="|", ms=8, mew=1.0, ls="none", label="95% CI of the median", **grey
             )
         )
+    if drew["model"]:
+        handles.append(Line2D([], [], label="per-kernel model", **grey, **MODEL))
+    if drew["model knee"]:
+        handles.append(Line2D([], [], label="model's knee", **grey, **MODEL_KNEE))
     if drew["b*"]:
         handles.append(Line2D([], [], label="predicted b*", **grey, **B_STAR))
     if drew["knee"]:
@@ -309,7 +332,7 @@ def figure(records: list[dict], x: str = "batch", title: str = "") -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     places = fig.subfigures(rows, cols, squeeze=False).ravel() if len(cells) > 1 else [fig]
-    drew = {"b*": False, "knee": False, "ci95": False}
+    drew = {"b*": False, "knee": False, "ci95": False, "model": False, "model knee": False}
     panels = []
     for place, cell in zip(places, cells):
         axes = place.subplots(1, n_panels, squeeze=False)[0]
