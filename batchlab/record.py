@@ -368,6 +368,24 @@ REQUIRED = {
     "prediction": dict,
     "provenance": dict,
 }
+REQUIRED_FAILED = {"model": str, "params": dict, "batch": int}
+# Fields readers use when a record has them (keys, labels, provenance).
+OPTIONAL = {
+    "kind": str,
+    "config_name": str,
+    "dtype": str,
+    "precision": str,
+    "weight_copies": int,
+    "provenance": dict,
+    "failure": str,
+    "error": str,
+}
+# Numbers inside them that every reader computes with.
+NUMBERS = {
+    "prediction": ("lower_s",),
+    "cost": ("flops", "total_bytes"),
+    "ceilings": ("peak_flops", "bandwidth"),
+}
 REQUIRED_BY_KIND = {
     TRAIN_STEP: {"method": str, "step": int, "metrics": dict, "provenance": dict},
     ROUTER_EVAL: {
@@ -387,8 +405,10 @@ def parse(line: str) -> dict:
     except (ValueError, RecursionError) as e:
         why = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
         raise MalformedRecord(f"not valid JSON ({why})") from None
-    if not isinstance(record, dict) or "id" not in record or "status" not in record:
-        raise MalformedRecord("not a batchlab record (no id or status)")
+    if not isinstance(record, dict):
+        raise MalformedRecord(f"not a batchlab record (a JSON {type(record).__name__})")
+    if not isinstance(record.get("id"), str) or record.get("status") not in ("ok", "failed"):
+        raise MalformedRecord("not a batchlab record (no id, or no status ok or failed)")
     schema = record.get("schema", 1)
     if not isinstance(schema, int) or schema > SCHEMA_VERSION:
         raise MalformedRecord(f"schema {schema!r} is newer than {SCHEMA_VERSION}")
@@ -398,20 +418,47 @@ def parse(line: str) -> dict:
 def problem(record: dict) -> str | None:
     """What makes a parsed record unusable for readers, or None."""
     kind = record.get("kind", SWEEP)
+    if not isinstance(kind, str):
+        return f"record {record['id']} has an invalid 'kind'"
     if kind in REQUIRED_BY_KIND:
         needed = REQUIRED_BY_KIND[kind]
     elif kind != SWEEP:
         return f"record {record['id']}: unknown kind {kind!r}"
     else:
-        needed = REQUIRED if record["status"] == "ok" else {"model": str}
+        needed = REQUIRED if record["status"] == "ok" else REQUIRED_FAILED
     for name, types in needed.items():
         if not isinstance(record.get(name), types) or isinstance(record.get(name), bool):
             return f"record {record['id']} has no valid {name!r}"
+    for name, types in OPTIONAL.items():
+        if name in record and not isinstance(record[name], types):
+            return f"record {record['id']} has an invalid {name!r}"
     if kind == SWEEP and record["status"] == "ok":
         t = record["time"].get("median_s")
-        if not isinstance(t, (int, float)) or t <= 0:
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or t <= 0:
             return f"record {record['id']} has no positive time.median_s"
+        for part, names in NUMBERS.items():
+            for name in names:
+                v = record[part].get(name)
+                if not isinstance(v, (int, float)) or isinstance(v, bool):
+                    return f"record {record['id']} has no number {part}.{name}"
     return None
+
+
+def supersedes(new: dict, old: dict | None) -> bool:
+    """The rule for two records of one point id, `new` read after `old`: the later wins,
+    except that a failed record never replaces an ok one. A sweep never measures again a
+    point that has an ok record, so a failure after it is a crash recorded for a worker
+    killed just after it wrote the point (or a copy merged from elsewhere), not news."""
+    return old is None or new["status"] == "ok" or old["status"] != "ok"
+
+
+def latest(records) -> dict[str, dict]:
+    """One record per point id, by `supersedes`, in the order the ids first appear."""
+    out: dict[str, dict] = {}
+    for r in records:
+        if supersedes(r, out.get(r["id"])):
+            out[r["id"]] = r
+    return out
 
 
 def upgrade_v1(records: list[dict], config_name: str, targets: list[tuple[str, Any]]) -> None:
