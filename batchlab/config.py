@@ -34,6 +34,7 @@ class SweepConfig:
     family_modules: tuple[str, ...] = ()  # user modules that register more families
     retry_failed: bool = False
     isolate: bool = True  # measure in a child process that a crash cannot take down
+    point_timeout_s: float = 1800.0  # a point measured longer is killed (isolated); 0: none
     explain: bool = False
     profile_dir: str | None = None  # jax.profiler traces of selected points go here
     profile_batches: tuple[int, ...] = ()  # which batches to trace; empty: every point
@@ -137,6 +138,8 @@ def validate(config: SweepConfig) -> None:
     _positive("warmup_reps", t.warmup_reps, allow_zero=True)
     _positive("weight_copies", config.weight_copies)
     _positive("peak_flops", config.peak_flops)
+    _positive("point_timeout_s", config.point_timeout_s, allow_zero=True)
+    _positive("num_shards", config.num_shards)
     _positive("bandwidth", config.bandwidth)
     if config.ceilings not in CEILINGS:
         raise ConfigError(f"--ceilings={config.ceilings}: allowed are {', '.join(CEILINGS)}")

@@ -1,7 +1,10 @@
 """The sweep engine: the grid, resume, failure isolation, one record per point."""
 
+import contextlib
 import dataclasses
+import errno
 import os
+import re
 import time
 import traceback
 
@@ -11,6 +14,7 @@ from batchlab import (
     calibration,
     distributed,
     dry_run,
+    files,
     hardware,
     record,
     results,
@@ -26,9 +30,43 @@ from batchlab.record import point_id
 RESTART_EXIT_CODE = 75  # a worker asks for a fresh process (after an OOM, say)
 
 
-def check_out_dir(config: SweepConfig) -> None:
-    """Writes nothing: OUT_DIR must be writable, and any results in it from this config."""
-    results.check_dir(config.out_dir, config.fingerprint())
+def check_out_dir(config: SweepConfig, recalibrate: bool = False) -> None:
+    """Writes nothing: OUT_DIR must be writable, any results in it from this config, and
+    its state files what a sweep wrote (config.json, flags.txt, inflight.json, and
+    calibration.json unless `recalibrate` measures it again); else one ConfigError line."""
+    out = config.out_dir
+    results.check_dir(out, config.fingerprint())
+    results.check_flags(os.path.join(out, results.FLAGS))
+    results.read_inflight(out)
+    if not recalibrate:
+        results.read_calibration(os.path.join(out, results.CALIBRATION))
+
+
+@contextlib.contextmanager
+def hold_out_dir(config: SweepConfig, log=print):
+    """OUT_DIR locked for the block (files.DirLock: a second sweep is refused in one line
+    naming this one) and cleared of what a killed sweep leaves: its temporaries, and its
+    inflight.json (that point has no record, so it is measured again). Yields the lock,
+    which a measuring child inherits (isolation.run_supervised). An OUT_DIR it made is
+    removed again if nothing was written in it (a mesh that does not fit, say)."""
+    made = not os.path.exists(config.out_dir)
+    files.make_dir(config.out_dir, "--out_dir")
+    try:
+        with files.DirLock(config.out_dir, "--out_dir", "sweep") as lock:
+            for name in files.remove_temporaries(config.out_dir):
+                log(f"removed {os.path.join(config.out_dir, name)}, left by a killed sweep")
+            inflight = os.path.join(config.out_dir, results.INFLIGHT)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(inflight)
+            try:
+                yield lock
+            finally:  # nothing is in flight once the sweep lets go (a worker is gone)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(inflight)
+    finally:
+        if made:
+            with contextlib.suppress(OSError):  # not empty: it holds what was written
+                os.rmdir(config.out_dir)
 
 
 def init_out_dir(config: SweepConfig, flagfile_text: str) -> None:
@@ -45,8 +83,9 @@ def forget_calibration(config: SweepConfig) -> None:
 
 def pending(config: SweepConfig, log=print) -> list[tuple[dict, int, str]]:
     """Grid points still to measure: not yet done, or failed when --retry_failed."""
+    # Any record counts, usable by readers or not: a point is measured once.
     done = results.latest_by_id(
-        results.load(os.path.join(config.out_dir, results.RESULTS), warn=log)
+        results.load(os.path.join(config.out_dir, results.RESULTS), warn=log, complete=False)
     )
     todo = []
     for point, batch in grid_points(config):
@@ -72,6 +111,7 @@ def resolve_ceilings(config: SweepConfig, device) -> roofline.Ceilings:
         base = hardware.datasheet_ceilings(spec, config.numerics)
     else:
         path = os.path.join(config.out_dir, results.CALIBRATION)
+        results.read_calibration(path)  # a corrupt cache is one line, not a traceback
         base = calibration.cached(path, device.device_kind, config.numerics, device)
     if config.peak_flops is None and config.bandwidth is None:
         return base
@@ -225,12 +265,67 @@ def enable_compilation_cache(path: str) -> None:
 TRACEBACK_FRAMES = 8  # innermost frames kept in a failed record: where it broke
 
 
+OOM = "out of memory"  # how a failed record's error starts when memory ran out
+
+
 def _failure_reason(e: BaseException) -> tuple[str, str]:
     """(kind, one-line message) for a point that raised."""
     msg = (str(e).strip().splitlines() or [""])[0][:500]
     text = str(e).lower()
-    kind = "oom" if "resource_exhausted" in text or "out of memory" in text else "error"
-    return kind, f"{type(e).__name__}: {msg}"
+    oom = isinstance(e, MemoryError) or "resource_exhausted" in text or OOM in text
+    return ("oom" if oom else "error"), f"{type(e).__name__}: {msg}"
+
+
+def working_set_bytes(config: SweepConfig, point: dict, batch: int) -> int | None:
+    """The bytes one device cycles through at this point, by the family's cost model (as
+    measure_point computes them); None when the cost model cannot say."""
+    try:
+        family = workloads.get(config.model)
+        cost = distributed.cost_on_mesh(family, point, batch, config.numerics, config.mesh)
+        return int(cost.total_bytes + cost.weight_bytes * (config.weight_copies - 1))
+    except Exception:  # a cost model that fails here fails the point, and says so there
+        return None
+
+
+def _memory_analysis(e: BaseException) -> dict | None:
+    """XLA's memory plan of the point that ran out of memory, when its compile had
+    finished: the compiled call is then a local of measure_point's frame."""
+    for frame, _ in traceback.walk_tb(e.__traceback__):
+        if frame.f_code is measure_point.__code__:
+            compiled = frame.f_locals.get("compiled")
+            if isinstance(compiled, timing.CompiledCall):
+                return compiled.memory_analysis or None
+    return None
+
+
+def out_of_memory(tried: int | None, cause: str, memory_analysis=None) -> tuple[dict, str]:
+    """The `memory` field and the error line of a point that ran out of memory."""
+    allocation = re.search(r"allocat\w* (\d+) bytes", cause)
+    memory = {
+        "cost_model_bytes": tried,
+        "failed_allocation_bytes": int(allocation.group(1)) if allocation else None,
+        "memory_analysis": memory_analysis,
+    }
+    sizes = [f"the cost model's working set {_bytes(tried)}"] if tried is not None else []
+    if memory["failed_allocation_bytes"] is not None:
+        sizes.append(f"an allocation of {_bytes(memory['failed_allocation_bytes'])} refused")
+    plan = (memory_analysis or {}).get("temp_size_in_bytes")
+    if plan is not None:
+        sizes.append(f"XLA's temporaries {_bytes(plan)}")
+    return memory, f"{OOM} ({'; '.join(sizes) or 'size unknown'}): {cause}"
+
+
+def _bytes(n: float) -> str:
+    """1536 -> '1.54 kB', 4.4e12 -> '4.4 TB'."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
+
+
+def _disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def base_record(config: SweepConfig, point: dict, batch: int, device, argv=None) -> dict:
@@ -250,7 +345,8 @@ def base_record(config: SweepConfig, point: dict, batch: int, device, argv=None)
 
 def run_job(config: SweepConfig, flagfile_text: str, log=print, argv=None) -> int:
     """Checks what needs the devices, then OUT_DIR, then measures: nothing is written
-    when the mesh does not fit the devices. `argv` is the command the user typed."""
+    when the mesh does not fit the devices. `argv` is the command the user typed. The
+    caller holds OUT_DIR's lock (hold_out_dir), or a supervisor that does."""
     if config.compilation_cache_dir:
         enable_compilation_cache(config.compilation_cache_dir)
     mesh = distributed.make_mesh(config.mesh) if config.mesh else None
@@ -295,20 +391,32 @@ def run(config: SweepConfig, log=print, mesh=None, argv=None) -> int:
     out = config.out_dir
     results_path = os.path.join(out, results.RESULTS)
     inflight = os.path.join(out, results.INFLIGHT)
+    if writer:
+        results.repair(results_path, log)  # so inflight's results_size starts a line
     started = time.perf_counter()
     for n, (point, batch, pid) in enumerate(todo, 1):
+        tried = working_set_bytes(config, point, batch)
         if writer:
-            results.write_json_atomic(inflight, {"id": pid, "params": point, "batch": batch})
+            # results_size: where this point's record will start, so that the supervisor
+            # can tell a worker killed after writing it from one killed before.
+            size = os.path.getsize(results_path) if os.path.exists(results_path) else 0
+            state = {"id": pid, "params": point, "batch": batch, "results_size": size}
+            results.write_json_atomic(inflight, state | {"cost_model_bytes": tried}, False)
         base = base_record(config, point, batch, device, argv)
         try:
             rec = measure_point(
                 config, base, point, batch, device, ceilings, floor.median_s, caches, mesh, agree
             )
         except Exception as e:  # any point may fail; the sweep goes on
+            if _disk_full(e):  # not the point's fault: the sweep stops, saying where
+                raise files.WriteError(files.describe(e, e.filename or out)) from None
             kind, reason = _failure_reason(e)
+            if kind == "oom":
+                memory, reason = out_of_memory(tried, reason, _memory_analysis(e))
+                base = base | {"memory": memory}
             rec = record.failed(base, kind, reason, traceback.format_exc(limit=-TRACEBACK_FRAMES))
         if writer:
-            results.append(results_path, rec)
+            results.append(results_path, rec, warn=log)
             os.remove(inflight)
         left = (time.perf_counter() - started) / n * (len(todo) - n)
         log(_progress_line(n, len(todo), rec, left))
