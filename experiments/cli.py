@@ -1,5 +1,6 @@
 """What every experiment script shares: a grouped --help, and running main with clean
-one-line errors.
+one-line errors: a ConfigError or an OSError is `error: ...` and exit code 2; SIGINT and
+SIGTERM stop it (and any child it waits on) with one line and exit code 130 / 143.
 
 `--help` lists the script's own flags, then those its package's other modules define for
 it, grouped as each module says: a module may export `help_groups(flag_values) ->
@@ -7,12 +8,16 @@ it, grouped as each module says: a module may export `help_groups(flag_values) -
 groups its family flags by family, each with that family's defaults). absl's and JAX's
 flags are left to --helpfull."""
 
+import errno
 import os
+import signal
+import subprocess
 import sys
 import textwrap
 
 from absl import app, flags
 
+from batchlab import files
 from batchlab.errors import ConfigError
 
 # Read before absl parses anything, so a bad flag beside them does not hide the help.
@@ -93,9 +98,49 @@ def _wants_help(args: list[str]) -> bool:
     return any(a in HELP_ARGS for a in args)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: args[0] is the signal."""
+
+
+def _interrupt(signum, frame):
+    for s in (signal.SIGINT, signal.SIGTERM):  # a second one must not cut the clean-up short
+        signal.signal(s, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+CHILD_GRACE_S = 15.0  # a child told to stop gets this long (a sweep stops its worker first)
+
+
+def run_child(cmd: list[str], **kwargs) -> int:
+    """subprocess.run(cmd).returncode, but on SIGINT or SIGTERM here the child is sent
+    SIGTERM and given CHILD_GRACE_S to stop cleanly (a sweep then is resumable) before
+    it is killed; the interruption then goes on up."""
+    proc = subprocess.Popen(cmd, **kwargs)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(CHILD_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+
+
+def _stopped(e: KeyboardInterrupt):
+    signum = e.args[0] if isinstance(e, Interrupted) else signal.SIGINT
+    name = signal.Signals(signum).name
+    print(f"interrupted ({name}); run the same command again to resume", file=sys.stderr)
+    sys.exit(128 + signum)
+
+
 def run(main, takes_args: bool = False) -> None:
-    """app.run(main), turning ConfigError into `error: ...` on stderr and exit code 2;
-    --help, -h and --helpshort print `help_text()` and exit 0 before absl parses."""
+    """app.run(main), turning ConfigError and OSError into `error: ...` on stderr and exit
+    code 2, and SIGINT / SIGTERM into one line and exit code 130 / 143; --help, -h and
+    --helpshort print `help_text()` and exit 0 before absl parses."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _interrupt)
     if _wants_help(sys.argv[1:]):
         print(help_text())
         sys.exit(0)
@@ -114,9 +159,15 @@ def run(main, takes_args: bool = False) -> None:
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        except KeyboardInterrupt:
-            # Every finished point is on disk: the same command resumes after it.
-            print("interrupted; run the same command again to resume", file=sys.stderr)
-            sys.exit(130)
+        except OSError as e:  # one the code did not name itself: where, and what
+            where = e.filename or "a file"
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            text = files.describe(e, where) if full else f"{where}: {e.strerror or e}"
+            print(f"error: {text}", file=sys.stderr)
+            sys.exit(2)
 
-    app.run(guarded)
+    try:
+        app.run(guarded)
+    except KeyboardInterrupt as e:  # also while absl parses the flags
+        # Every finished point is on disk: the same command resumes after it.
+        _stopped(e)

@@ -6,14 +6,13 @@ python -m experiments.reproduce --out_dir=runs/repro_full --budget=full
 """
 
 import os
-import shutil
-import subprocess
 import sys
 import time
 
 from absl import flags
 
-from batchlab import report, reproduce, results
+from batchlab import files, report, reproduce, results
+from batchlab.errors import ConfigError
 from batchlab.report.sources import REPRODUCE
 from experiments import cli, sweep_flags
 
@@ -55,35 +54,59 @@ DRY_RUN = flags.DEFINE_bool(
 
 def run(config: reproduce.ReproduceConfig) -> str | None:
     """Runs every step that fits, then writes OUT_DIR/REPORT.md; returns its path (None
-    for a dry run, which prints the plan and writes nothing)."""
+    for a dry run, which prints the plan and writes nothing). OUT_DIR is locked for the
+    whole run; each sweep locks its own directory below it."""
     started, root = time.perf_counter(), reproduce.repo_root()
     planned = reproduce.plan(config, root, sweep_flags.parse)
     out_dir = os.path.abspath(config.out_dir)
     numerics = list(dict.fromkeys(p.sweep.numerics for p in planned if p.sweep))
+    check_state(out_dir)
     if config.dry_run:
         machine = {"kind": "not probed (dry run)", "memory_bytes": reproduce.host_memory_bytes()}
-    else:
-        os.makedirs(out_dir, exist_ok=True)
+        _plan(config, planned, machine)
+        return None
+    files.make_dir(out_dir, "--out_dir")
+    with files.DirLock(out_dir, "--out_dir", "reproduction") as lock:
         reproduce.ignore_binaries(out_dir, planned)
         machine = reproduce.probe(out_dir, numerics)
+        _plan(config, planned, machine)
+        return _steps(config, planned, machine, out_dir, started, lock)
+
+
+def check_state(out_dir: str) -> None:
+    """Writes nothing: what an earlier run left in OUT_DIR must be what one wrote."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"--out_dir={out_dir}: exists and is not a directory")
+    way_out = "remove it or choose another --out_dir"
+    files.read_state(os.path.join(out_dir, REPRODUCE), way_out)
+    files.read_state(os.path.join(out_dir, reproduce.MACHINE), way_out)
+    cal = os.path.join(out_dir, results.CALIBRATION)
+    results.read_calibration(cal, f"{way_out} (it is measured again)")
+
+
+def _plan(config, planned, machine) -> None:
+    """Fits the plan to the memory there is, and prints it."""
     available = config.memory_bytes or machine.get("memory_bytes")
     reproduce.fit_memory(planned, available)
     print(reproduce.plan_text(planned, machine, available, config.budget))
-    if config.dry_run:
-        return None
+
+
+def _steps(config, planned, machine, out_dir, started, lock) -> str:
+    """Runs each planned step as a child process, then the report."""
+    root = reproduce.repo_root()
     state = reproduce.state(config, machine, planned, out_dir)
     shared = os.path.join(out_dir, results.CALIBRATION)
     for n, p in enumerate(planned, 1):
         if p.status == "skipped":
             continue
         mine = os.path.join(out_dir, p.name)
-        os.makedirs(mine, exist_ok=True)
+        files.make_dir(mine, "--out_dir")
         own = os.path.join(mine, results.CALIBRATION)
         if p.sweep and os.path.exists(shared) and not os.path.exists(own):
-            shutil.copy(shared, own)
+            files.copy_atomic(shared, own)
         print(f"\n[{n}/{len(planned)}] {p.name}: {' '.join(p.command[2:])}", flush=True)
         t0 = time.perf_counter()
-        rc = subprocess.run(p.command, cwd=root).returncode
+        rc = cli.run_child(p.command, cwd=root)
         p.wall_s = time.perf_counter() - t0
         p.status, p.reason = ("ran", "") if rc == 0 else ("failed", f"exit code {rc}")
         print(f"[{n}/{len(planned)}] {p.name}: {p.status} in {p.wall_s:.0f} s")
@@ -95,6 +118,7 @@ def run(config: reproduce.ReproduceConfig) -> str | None:
     path = report.build(
         report.ReportConfig((out_dir,), out_dir, config.predict_for, config.command),
         warn=lambda m: print(f"warning: {m}", file=sys.stderr),
+        lock=lock,
     )
     print(f"{config.budget} budget: {time.perf_counter() - started:.0f} s in all, report included")
     return path

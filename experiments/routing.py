@@ -14,13 +14,13 @@ defaults) and OUT_DIR/dense (the ffn family: k dense FFNs of one expert's size, 
 routing summary and writes the plots into OUT_DIR from those directories alone.
 """
 
+import contextlib
 import os
-import shutil
 import sys
 
 from absl import flags
 
-from batchlab import dry_run, isolation, results, routing_report, sweep, workloads
+from batchlab import dry_run, files, isolation, results, routing_report, sweep, workloads
 from batchlab.errors import ConfigError
 from experiments import cli, sweep_flags
 
@@ -93,7 +93,7 @@ def check() -> None:
             f"--model={F.model.value}: experiments.routing sweeps moe_layer (and ffn for the "
             "yardstick); leave --model out"
         )
-    if F.num_shards.value > 1 or F.distributed.value or F.num_processes.value:
+    if sweep_flags.shards(F)["num_shards"] > 1 or F.distributed.value or F.num_processes.value:
         raise ConfigError(
             "--num_shards, --distributed, --num_processes: run each sweep of the comparison "
             "with experiments.sweep for that (its flags.txt)"
@@ -106,21 +106,39 @@ def main(argv):
     args = variants(out_dir)
     configs = {name: sweep_flags.parse(a) for name, a in args.items()}
     for cfg in configs.values():
-        sweep.check_out_dir(cfg)
+        sweep.check_out_dir(cfg, recalibrate=F.recalibrate.value)
     if DRY_RUN.value:
         for name, cfg in configs.items():
             print(f"{name}:\n{dry_run.grid_text(cfg)}")
         return
-    if F.recalibrate.value:
-        for cfg in configs.values():
-            sweep.forget_calibration(cfg)
+    files.make_dir(out_dir, "--out_dir")
+    with contextlib.ExitStack() as held:  # OUT_DIR (its plots) and each sweep's directory
+        held.enter_context(files.DirLock(out_dir, "--out_dir", "routing comparison"))
+        locks = {name: held.enter_context(sweep.hold_out_dir(c)) for name, c in configs.items()}
+        if F.recalibrate.value:
+            for cfg in configs.values():
+                sweep.forget_calibration(cfg)
+        run_all(configs, args, locks)
+        records = routing_report.load(out_dir, warn=print)
+        print(routing_report.summary(records))
+        if PLOT.value:
+            print(f"plots: {', '.join(routing_report.plots(out_dir, records))}")
+    for cfg in configs.values():
+        print(f"results: {os.path.join(cfg.out_dir, results.RESULTS)}")
+
+
+def run_all(configs: dict, args: dict, locks: dict) -> None:
+    """Each variant's sweep in turn; the first calibration is the later ones' too."""
     names = list(configs)
     for i, name in enumerate(names):
         cfg = configs[name]
         text = "# resolved flags; re-run with python -m experiments.sweep --flagfile=THIS_FILE\n"
+        text += "\n".join(sorted(args[name])) + "\n"
         print(f"\n{name}: {cfg.out_dir}", flush=True)
-        run = isolation.run_supervised if cfg.isolate else sweep.run_job
-        rc = run(cfg, text + "\n".join(sorted(args[name])) + "\n")
+        if cfg.isolate:
+            rc = isolation.run_supervised(cfg, text, lock=locks[name])
+        else:
+            rc = sweep.run_job(cfg, text)
         if rc:
             sys.exit(rc)
         # One calibration for the comparison: the later sweeps reuse this one's.
@@ -128,14 +146,7 @@ def main(argv):
         for later in names[i + 1 :]:
             own = os.path.join(configs[later].out_dir, results.CALIBRATION)
             if os.path.exists(measured) and not os.path.exists(own):
-                os.makedirs(configs[later].out_dir, exist_ok=True)
-                shutil.copy(measured, own)
-    records = routing_report.load(out_dir, warn=print)
-    print(routing_report.summary(records))
-    if PLOT.value:
-        print(f"plots: {', '.join(routing_report.plots(out_dir, records))}")
-    for cfg in configs.values():
-        print(f"results: {os.path.join(cfg.out_dir, results.RESULTS)}")
+                files.copy_atomic(measured, own)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,24 @@
 python -m experiments.sweep --flagfile=configs/seed/mlp.flags
 """
 
+import contextlib
 import dataclasses
 import os
 import sys
 
 from absl import flags
 
-from batchlab import claims, distributed, dry_run, isolation, plotting, results, summary, sweep
+from batchlab import (
+    claims,
+    distributed,
+    dry_run,
+    files,
+    isolation,
+    plotting,
+    results,
+    summary,
+    sweep,
+)
 from experiments import cli, sweep_flags
 
 F = sweep_flags.define()
@@ -21,7 +32,7 @@ PLOT = flags.DEFINE_bool("plot", True, "Write OUT_DIR/plot.png at the end.")
 
 def main(argv):
     config = sweep_flags.sweep_config(F)
-    sweep.check_out_dir(config)
+    sweep.check_out_dir(config, recalibrate=F.recalibrate.value)
     if DRY_RUN.value:
         print(dry_run.grid_text(config))
         if config.explain:
@@ -38,21 +49,31 @@ def main(argv):
         )
         config = dataclasses.replace(config, isolate=False)
     # Only process 0 writes; a single process asks no backend (the measuring child does).
-    if F.recalibrate.value and (not config.distributed or distributed.is_writer()):
-        sweep.forget_calibration(config)  # once per job: restarted workers reuse the new one
-    run = isolation.run_supervised if config.isolate else sweep.run_job
-    rc = run(config, sweep_flags.resolved_flagfile(F))
-    if rc:
-        sys.exit(rc)
-    if config.distributed and not distributed.is_writer():
-        return
+    writer = not config.distributed or distributed.is_writer()
+    with sweep.hold_out_dir(config) if writer else contextlib.nullcontext() as lock:
+        if F.recalibrate.value and writer:
+            sweep.forget_calibration(config)  # once per job: restarted workers reuse it
+        flagfile = sweep_flags.resolved_flagfile(F)
+        if config.isolate:
+            rc = isolation.run_supervised(config, flagfile, lock=lock)
+        else:
+            rc = sweep.run_job(config, flagfile)
+        if rc:
+            sys.exit(rc)
+        if writer:
+            print_results(config)
+
+
+def print_results(config) -> None:
+    """The summary table, the claims' lines and the plots, from the records written."""
     records = results.load(os.path.join(config.out_dir, results.RESULTS), warn=print)
     print(summary.table(records))
     lines = claims.sweep_lines(records)
     if lines:
         print("\n" + "\n".join(lines))
     if PLOT.value and any(r["status"] == "ok" for r in records):
-        print(f"plots: {', '.join(plotting.plot_dir(config.out_dir))}")
+        with files.writing(os.path.join(config.out_dir, results.PLOT)):
+            print(f"plots: {', '.join(plotting.plot_dir(config.out_dir))}")
     print(f"results: {os.path.join(config.out_dir, results.RESULTS)}")
 
 

@@ -114,18 +114,30 @@ GENERAL = (
     (
         "shard_index",
         "integer",
-        int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)),
-        "This worker's share of the grid ($SLURM_ARRAY_TASK_ID when set).",
+        None,
+        "This worker's share of the grid, 0..num_shards-1 (unset: $SLURM_ARRAY_TASK_ID, else 0).",
     ),
     (
         "num_shards",
         "integer",
-        int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1)),
-        "Independent "
-        "workers the grid is split over ($SLURM_ARRAY_TASK_COUNT when set); each writes "
-        "OUT_DIR/shard-I-of-N; experiments.merge combines them.",
+        None,
+        "Independent workers the grid is split over (unset: $SLURM_ARRAY_TASK_COUNT, else "
+        "1); each writes OUT_DIR/shard-I-of-N; experiments.merge combines them.",
+    ),
+    (
+        "point_timeout_s",
+        "float",
+        1800.0,
+        "A point still measuring after this many seconds is killed and recorded as failed "
+        "(timeout), and the sweep goes on; 0: no limit. Needs --isolate: a point measured "
+        "in the sweep's own process is not limited.",
     ),
 )
+# Where --shard_index and --num_shards come from when not given: (variable, default).
+SHARD_VARIABLES = {
+    "shard_index": ("SLURM_ARRAY_TASK_ID", 0),
+    "num_shards": ("SLURM_ARRAY_TASK_COUNT", 1),
+}
 ENUMS = {"dtype": list(DTYPES), "precision": list(PRECISIONS), "ceilings": list(config.CEILINGS)}
 
 
@@ -191,11 +203,40 @@ def _family_grid(f: types.SimpleNamespace) -> dict[str, list[str]]:
     return {name: h.value for name, h in f.family.items() if h.value}
 
 
+def shards(f: types.SimpleNamespace) -> dict[str, int]:
+    """--shard_index and --num_shards, each from SLURM's job-array variable when not given
+    (read here, not at import: a bad value is one line naming the variable)."""
+    out = {}
+    for name, (variable, default) in SHARD_VARIABLES.items():
+        value = getattr(f, name).value
+        if value is None:
+            raw = os.environ.get(variable, "").strip()
+            try:
+                value = int(raw) if raw else default
+            except ValueError:
+                raise ConfigError(
+                    f"${variable}={raw!r}: not an integer (SLURM sets it for job arrays); "
+                    f"unset it or give --{name}"
+                ) from None
+            if value < (0 if name == "shard_index" else 1):
+                raise ConfigError(
+                    f"${variable}={raw}: must be >= {0 if name == 'shard_index' else 1}; "
+                    f"unset it or give --{name}"
+                )
+        out[name] = value
+    if not 0 <= out["shard_index"] < out["num_shards"] and f.shard_index.value is None:
+        raise ConfigError(
+            f"$SLURM_ARRAY_TASK_ID={out['shard_index']}: must be in 0..{out['num_shards'] - 1} "
+            f"for {out['num_shards']} shards (an array numbered from 0); give --shard_index"
+        )
+    return out
+
+
 def sweep_config(f: types.SimpleNamespace) -> config.SweepConfig:
     """The validated config the flags describe; raises ConfigError."""
-    out_dir = f.out_dir.value
-    if f.num_shards.value > 1:
-        out_dir = os.path.join(out_dir, f"shard-{f.shard_index.value}-of-{f.num_shards.value}")
+    out_dir, split = f.out_dir.value, shards(f)
+    if split["num_shards"] > 1:
+        out_dir = os.path.join(out_dir, f"shard-{split['shard_index']}-of-{split['num_shards']}")
     workloads.import_family_modules(f.family_modules.value)
     return config.build(
         f.model.value,
@@ -231,8 +272,8 @@ def sweep_config(f: types.SimpleNamespace) -> config.SweepConfig:
         num_processes=f.num_processes.value,
         process_id=f.process_id.value,
         distributed_timeout_s=f.distributed_timeout_s.value,
-        shard_index=f.shard_index.value,
-        num_shards=f.num_shards.value,
+        point_timeout_s=f.point_timeout_s.value,
+        **split,
     )
 
 
@@ -252,6 +293,8 @@ def resolved_flagfile(f: types.SimpleNamespace) -> str:
     holders = [h for name, h in vars(f).items() if name not in ("family", "flag_values")]
     holders += list(f.family.values())
     lines = [f.flag_values[h.name].serialize() for h in holders if h.value is not None]
+    # The shard it is, wherever that came from (the flags or SLURM's variables).
+    lines += [f"--{name}={v}" for name, v in shards(f).items() if getattr(f, name).value is None]
     return (
         "# resolved flags; re-run with --flagfile=THIS_FILE\n"
         + "\n".join(sorted(line for line in lines if line))

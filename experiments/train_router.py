@@ -10,7 +10,7 @@ import os
 
 from absl import flags, logging
 
-from batchlab import results, routing_report, train
+from batchlab import files, results, routing_report, train
 from experiments import cli
 
 _C = train.TrainConfig(out_dir="")
@@ -92,11 +92,13 @@ def main(argv):
             f"k={cfg.top_k}, {cfg.router}; out_dir {cfg.out_dir}/<method>"
         )
         return
-    train.run(cfg)
-    records = routing_report.load(cfg.out_dir, warn=print)
-    print(routing_report.train_summary(records))
-    if PLOT.value:
-        print(f"plot: {routing_report.train_plot(cfg.out_dir, records)}")
+    files.make_dir(cfg.out_dir, "--out_dir")
+    with files.DirLock(cfg.out_dir, "--out_dir", "router training"):
+        train.run(cfg)
+        records = routing_report.load(cfg.out_dir, warn=print)
+        print(routing_report.train_summary(records))
+        if PLOT.value:
+            print(f"plot: {routing_report.train_plot(cfg.out_dir, records)}")
     print(f"results: {os.path.join(cfg.out_dir, '<method>', results.RESULTS)}")
 
 
