@@ -9,7 +9,8 @@ import os
 
 import batchlab.claims.verdict as vd
 import batchlab.report.markdown as md
-from batchlab import claims, hardware, plotting, record
+from batchlab import claims, files, hardware, plotting, record
+from batchlab.errors import ConfigError
 from batchlab.report import measured, sources
 
 REPORT = "REPORT.md"
@@ -27,9 +28,12 @@ class ReportConfig:
     command: str = ""  # the command that made it, shown at the top
 
 
-def build(config: ReportConfig, warn=print) -> str:
+def build(config: ReportConfig, warn=print, lock: files.DirLock | None = None) -> str:
     """Writes OUT_DIR/REPORT.md and its plots; returns the report's path. A bad results
-    line or directory is named in the report (and told to `warn`) and left out."""
+    line or directory is named in the report (and told to `warn`) and left out; with no
+    valid record at all it is a ConfigError and nothing is written. OUT_DIR is locked
+    while it is written (files.DirLock; `lock` when the caller holds it): a directory a
+    sweep is writing is refused."""
     for key in config.predict_for:
         hardware.by_key(key)
     problems = []
@@ -39,7 +43,18 @@ def build(config: ReportConfig, warn=print) -> str:
         warn(message)
 
     read = sources.read(config.paths, note, config.predict_for)
-    os.makedirs(config.out_dir, exist_ok=True)
+    if not read.records():
+        raise ConfigError(
+            f"no valid records in {', '.join(config.paths)}; nothing to report, "
+            f"{os.path.join(config.out_dir, REPORT)} not written"
+        )
+    files.make_dir(config.out_dir, "--out_dir")
+    with files.held(config.out_dir, "--out_dir", "report", lock):
+        return _write(config, read, note, problems)
+
+
+def _write(config: ReportConfig, read: sources.Sources, note, problems: list[str]) -> str:
+    """REPORT.md and its plots, from what was read."""
     devices = read.by_device()
     judged = {
         cid: {dev: _judge(claim, recs, note) for dev, recs in devices.items()}
@@ -62,8 +77,7 @@ def build(config: ReportConfig, warn=print) -> str:
         _fold("How this was run", _runs(read)),
     ]
     path = os.path.join(config.out_dir, REPORT)
-    with open(path, "w") as f:
-        f.write("\n\n".join(b for b in blocks if b) + "\n")
+    files.write_atomic(path, "\n\n".join(b for b in blocks if b) + "\n")
     return path
 
 

@@ -1,15 +1,17 @@
 """Results directories read for a report: found under the paths given, checked line by
 line (a bad line is skipped with a message naming its file and line), grouped by device.
 
-Reading runs no code named by the results: a record of a family this process does not
-know keeps its stored fields, which are all a reader uses.
+Reading runs no code named by the results (config.json's family_modules are never
+imported): a record of a family this process does not know is named as such and keeps
+its stored fields, which are all a reader uses. A directory a sweep is writing is read as
+it is, with a warning.
 """
 
 import dataclasses
-import json
 import os
 
-from batchlab import hardware, record, results
+from batchlab import files, hardware, record, results, workloads
+from batchlab.errors import ConfigError
 
 REPRODUCE = "reproduce.json"  # what experiments.reproduce ran and skipped, in its OUT_DIR
 
@@ -32,8 +34,8 @@ class Sources:
     runs: list[dict]  # reproduce.json files found at the top of the paths given
 
     def records(self) -> list[dict]:
-        """Every valid record, the last of each point per config and device (a later
-        directory's record of the same point supersedes an earlier one)."""
+        """Every valid record, one per point, config and device: a later directory's
+        record of the same point supersedes an earlier one (record.supersedes)."""
         latest = {}
         for source in self.dirs:
             for r in source.records:
@@ -46,7 +48,8 @@ class Sources:
                     r.get("precision"),
                     r.get("weight_copies", 1),
                 )
-                latest[key] = r
+                if record.supersedes(r, latest.get(key)):
+                    latest[key] = r
         return list(latest.values())
 
     def by_device(self) -> dict[str, list[dict]]:
@@ -73,9 +76,9 @@ def find_results_dirs(path: str, warn) -> list[str]:
         warn(f"{path}: no such directory")
         return []
     found = []
-    for here, subdirs, files in os.walk(path):
+    for here, subdirs, names in os.walk(path):
         subdirs.sort()
-        if results.RESULTS in files:
+        if results.RESULTS in names:
             found.append(here)
             subdirs.clear()  # shard-*-of-* below a merged directory are in it already
     if not found:
@@ -83,19 +86,36 @@ def find_results_dirs(path: str, warn) -> list[str]:
     return found
 
 
-def _json(path: str, warn) -> dict:
-    if not os.path.exists(path):
-        return {}
+def _json(path: str, warn, check=None) -> dict:
+    """A JSON object batchlab wrote at `path`; {} (and `warn` told why) when it is not."""
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        warn(f"{path}: not read: {e}")
+        return files.read_state(path, "left out", check)
+    except ConfigError as e:
+        warn(f"not read: {e}")
         return {}
-    if not isinstance(data, dict):
-        warn(f"{path}: not read: not a JSON object")
-        return {}
-    return data
+
+
+def _records(d: str, warn) -> list[dict]:
+    """The usable records of one directory, the latest of each point (record.latest)."""
+    path = os.path.join(d, results.RESULTS)
+    who = files.holder(d)
+    if who:
+        warn(f"{d}: {who} is still writing there; read as it is now")
+    try:
+        recs = list(results.latest_by_id(results.load(path, warn, complete=True)).values())
+    except OSError as e:
+        warn(f"{files.describe(e, path, 'reading')}; left out")
+        return []
+    unknown = sorted(
+        {r["model"] for r in recs if r.get("kind", record.SWEEP) == record.SWEEP}
+        - set(workloads.REGISTRY)
+    )
+    if unknown:
+        warn(
+            f"{path}: family {', '.join(unknown)} not known here (reading results imports no "
+            "module they name): read from the records' stored fields"
+        )
+    return recs
 
 
 def _config_name(d: str, config: dict, runs: list[dict]) -> str:
@@ -123,17 +143,13 @@ def read(paths, warn, predict_for=()) -> Sources:
         if run:
             runs.append(run | {"path": path})
         # experiments.reproduce calibrates once at the top and shares it with each sweep.
-        top = _json(os.path.join(path, results.CALIBRATION), warn)
+        top = _json(os.path.join(path, results.CALIBRATION), warn, results.ceilings_problem)
         for d in find_results_dirs(path, warn):
             config = _json(os.path.join(d, results.CONFIG), warn).get("config") or {}
             config = config if isinstance(config, dict) else {}
-            cal = top | _json(os.path.join(d, results.CALIBRATION), warn)
-            # The last record of each point: a retried point supersedes its failure.
-            recs = list(
-                results.latest_by_id(
-                    results.load(os.path.join(d, results.RESULTS), warn, complete=True)
-                ).values()
-            )
+            own = _json(os.path.join(d, results.CALIBRATION), warn, results.ceilings_problem)
+            cal = top | own
+            recs = _records(d, warn)
             record.upgrade_v1(recs, _config_name(d, config, runs), targets)
             if not recs:
                 warn(f"{os.path.join(d, results.RESULTS)}: no usable records")
