@@ -11,9 +11,12 @@ CheckpointManager, REFERENCE 6). Anything missing or damaged there is a ConfigEr
 that names the path.
 """
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -126,6 +129,10 @@ def optimizer(cfg: TrainConfig):
 
 def manager(path: str, every: int) -> ocp.CheckpointManager:
     """The Orbax manager of a run's checkpoints/ (synchronous, the last two kept)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(
+            f"{path}: not a directory of checkpoints; remove it or choose another --out_dir"
+        )
     return ocp.CheckpointManager(
         os.path.abspath(path),
         options=ocp.CheckpointManagerOptions(
@@ -171,17 +178,50 @@ def check_router_fits(path: str, width: int, experts: int, flag: str) -> TrainCo
     return cfg
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, cfg: TrainConfig, where: str) -> dict:
+@contextlib.contextmanager
+def _quiet_if_damaged():
+    """While a restore runs, and for good once one failed: Orbax's TensorStore reads of a
+    damaged checkpoint finish into event loops already closed, which Python prints as
+    unraisable 'Event loop is closed' tracebacks (asyncio also logs 'Task exception was
+    never retrieved'). The error line says what broke; those say nothing more."""
+    previous, log = sys.unraisablehook, logging.getLogger("asyncio")
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if not (isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)):
+            previous(unraisable)
+
+    def drop(r):
+        return "exception was never retrieved" not in r.getMessage()
+
+    sys.unraisablehook = hook
+    log.addFilter(drop)
+    yield
+    sys.unraisablehook = previous  # restored: nothing was damaged
+    log.removeFilter(drop)
+
+
+def restore(
+    mngr: ocp.CheckpointManager,
+    step: int,
+    cfg: TrainConfig,
+    where: str,
+    way_out: str = "delete that step's directory to resume from an earlier checkpoint, or "
+    "choose another --out_dir",
+) -> dict:
     """The training state saved at `step`; a damaged checkpoint is a ConfigError naming
-    `where` (the flag and path, or the run directory)."""
+    `where` (the flag and path, or the run directory), the step's directory and
+    `way_out`."""
     abstract = jax.eval_shape(lambda: init_state(cfg, optimizer(cfg)))
     try:
-        return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+        with _quiet_if_damaged():
+            return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # Orbax raises many kinds for a damaged checkpoint
         first = (str(e).strip().splitlines() or [""])[0][:200]
+        step_dir = os.path.join(str(mngr.directory), str(step))
         raise ConfigError(
-            f"{where}: the checkpoint of step {step} cannot be restored "
-            f"({type(e).__name__}: {first})"
+            f"{where}: the checkpoint of step {step} ({step_dir}) cannot be restored "
+            f"({type(e).__name__}: {first}); {way_out}"
         ) from None
 
 
@@ -193,7 +233,9 @@ def load_router(path: str, flag: str):
         step = mngr.latest_step()
         if step is None:
             raise ConfigError(f"{flag}={path}: holds no checkpoint yet")
-        state = restore(mngr, step, cfg, f"{flag}={path}")
+        state = restore(
+            mngr, step, cfg, f"{flag}={path}", "train it again with experiments.train_router"
+        )
     finally:
         mngr.close()
     return cfg, state["params"]["router"], state["balance"]["bias"]
