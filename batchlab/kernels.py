@@ -369,9 +369,11 @@ def _computation_kernels(name: str, ctx: _Context, multiplier: int = 1) -> list[
             flops = sum(_flops(i, inner_shapes) for i in inner)
             read, written = _fusion_bytes(inst, inner)
             dims = ()
-            anchor = next((i for i in inner if i.opcode in ("dot", "convolution")), None)
-            if anchor is not None:
-                dims = _dims(anchor, inner_shapes)
+            # A fusion of a dot and a convolution is the kind of its larger one.
+            heavy = [i for i in inner if i.opcode in ("dot", "convolution")]
+            if heavy:
+                anchor = max(heavy, key=lambda i: _flops(i, inner_shapes))
+                cls, dims = _CLASS_OF_OP[anchor.opcode], _dims(anchor, inner_shapes)
             out.append(Kernel(cls, flops, read, written, dims, multiplier, inst.name))
         elif op == "while":
             body_name = re.search(r"body=%([\w.\-]+)", inst.attrs).group(1)

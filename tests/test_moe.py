@@ -289,3 +289,18 @@ def test_bad_moe_input_gets_one_clear_line(args, flag, tmp_path):
     assert proc.stderr.startswith("error: ") and flag in proc.stderr
     assert proc.stderr.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_run_fraction_counts_the_conditional_work_that_runs():
+    # slots: experts some copy reached, of E.
+    assert dispatch.run_fraction("slots", [3, 0, 1, 0], tokens=4, copies=8) == 0.5
+    # sorted, 16 tokens, 32 copies, 4 experts: pieces of 8, 8, then 4 padded to 8 rows, so
+    # 24 rows an expert could run; a load of 8 runs one piece, 9 two (the rest padded).
+    assert dispatch._pieces(32, 16, 4) == (8, [8, 8, 4])
+    assert dispatch.run_fraction("sorted", [8, 8, 8, 8], tokens=16, copies=32) == 8 / 24
+    assert dispatch.run_fraction("sorted", [9, 7, 16, 0], 16, 32) == (16 + 8 + 16 + 0) / 96
+    assert dispatch.run_fraction("ragged", [1, 2, 3, 4], 4, 8) == 1.0
+    # The layer's workload carries it for the per-kernel model: at one token, top-2 of 4
+    # experts, the slots dispatch runs 2 of the 4 expert branches.
+    work = wl.LAYER.build(POINT, 1, Numerics(), jax.random.PRNGKey(0))
+    assert work.branch_fraction == 0.5

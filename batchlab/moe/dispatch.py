@@ -89,6 +89,43 @@ def _sort(r: Routing, experts: int):
     return order_M, sizes_E, jnp.cumsum(sizes_E) - sizes_E
 
 
+def _pieces(copies: int, tokens: int, experts: int) -> tuple[int, list[int]]:
+    """(big, the sizes of the pieces each expert may run) of the sorted dispatch."""
+    most = min(copies, tokens)  # an expert takes each token at most once
+    big = max(MIN_CHUNK, 1 << (max(1, min(most, copies // experts)).bit_length() - 1))
+    pieces = [big] * -(-most // big)
+    while pieces[-1] > MIN_CHUNK // 2:
+        pieces.append(max(MIN_CHUNK // 2, min(pieces[-1], big) // 2))
+    return big, pieces
+
+
+def _sorted_rows_run(load: int, pieces: list[int]) -> int:
+    """Rows an expert with `load` rows runs in the sorted dispatch's pieces."""
+    run, rem = 0, load
+    for size in pieces:
+        rows = max(size, MIN_CHUNK)
+        if (rem >= size) if size >= MIN_CHUNK else (rem > 0):
+            run += rows
+            if size >= MIN_CHUNK:
+                rem -= size
+    return run
+
+
+def run_fraction(name: str, loads_E, tokens: int, copies: int) -> float:
+    """The share of a dispatch's conditional work that runs for these per-expert loads:
+    what its compiled program holds but skips (experts no copy reached, pieces an expert
+    has no rows for). The per-kernel model scales the costlier branches by it."""
+    loads = [int(v) for v in loads_E]
+    e = len(loads)
+    if name == "slots":
+        return sum(v > 0 for v in loads) / e
+    if name == "sorted":
+        _, pieces = _pieces(copies, tokens, e)
+        every = sum(max(size, MIN_CHUNK) for size in pieces) * e
+        return sum(_sorted_rows_run(v, pieces) for v in loads) / every
+    return 1.0
+
+
 def sorted_chunks(experts: list, x_BxD, r: Routing, precision=None, skip_idle: bool = True):
     """Each expert runs on exactly its sorted rows: whole chunks of `big` rows (a power of
     two near the balanced load B·k/E), then pieces of halving sizes for the rest (its
@@ -108,11 +145,7 @@ def sorted_chunks(experts: list, x_BxD, r: Routing, precision=None, skip_idle: b
     b, d = x_BxD.shape
     m = r.expert_M.shape[0]
     order_M, sizes_E, starts_E = _sort(r, e)
-    most = min(m, b)  # an expert takes each token at most once
-    big = max(MIN_CHUNK, 1 << (max(1, min(most, m // e)).bit_length() - 1))
-    pieces = [big] * -(-most // big)
-    while pieces[-1] > MIN_CHUNK // 2:
-        pieces.append(max(MIN_CHUNK // 2, min(pieces[-1], big) // 2))
+    big, pieces = _pieces(m, b, e)
     token_sorted = r.token_M[order_M]
     xs = jnp.concatenate([x_BxD[token_sorted], jnp.zeros((big, d), x_BxD.dtype)])
     out = jnp.zeros((m + big, d), x_BxD.dtype)

@@ -67,6 +67,9 @@ class Workload:
     # Parameter values the build chose for itself (dispatch=auto: the fastest measured);
     # its cost, and the sweep's costs at other batches, are the point's at these values.
     resolved: dict = dataclasses.field(default_factory=dict)
+    # The share of its conditionals' costlier branches a call runs (an MoE dispatch skips
+    # experts and pieces no copy reached), for the per-kernel model; None: all of them.
+    branch_fraction: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

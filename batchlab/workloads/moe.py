@@ -23,6 +23,7 @@ zero (its add is left out of the cost, like the softmax).
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import batchlab.workloads.decoder as dec_wl
 import batchlab.workloads.ffn as ffn_wl
@@ -256,6 +257,17 @@ def _load_router(point, params_list, balance_list):
     return tcfg
 
 
+def _run_fraction(point: Point, chosen: str, ms: list[dict], tokens: int) -> float:
+    """How much of the dispatch's conditional work runs, over the MoE layers' loads."""
+    e, k = point["experts"], point["top_k"]
+
+    def copies(m):
+        return m["capacity"] * e if point["router"] == "expert_choice" else tokens * k
+
+    fractions = [dispatch.run_fraction(chosen, m["load_after"], tokens, copies(m)) for m in ms]
+    return float(np.mean(fractions)) if fractions else 1.0
+
+
 def _balance_metrics(routings_fn, *args, point: Point, sequence: int | None = None) -> list[dict]:
     """Balance metrics of each Routing that `routings_fn(*args)` returns (one compile);
     `sequence`: tokens per sequence for the sequence-wise loss (None: the whole group)."""
@@ -337,6 +349,7 @@ def build_layer(point: Point, batch: int, numerics: Numerics, key) -> Workload:
         cost=layer_cost(point | {"dispatch": chosen}, batch, numerics),
         metrics={"tokens": batch, "dispatch": dispatch_info, "balance": ms},
         resolved={"dispatch": chosen},
+        branch_fraction=_run_fraction(point, chosen, ms, batch),
         place=lambda mesh: _place_layer(point, batch, numerics, mesh, weights, inputs),
     )
 
@@ -476,6 +489,7 @@ def _build_decoder(point, numerics, key, tokens_BxS, positions_BxS, cache):
         sequence=tokens_BxS.shape[1] if tokens_BxS.shape[1] > 1 else None,
     )
     metrics = {"tokens": n, "dispatch": dispatch_info, "balance": ms}
+    metrics["run_fraction"] = _run_fraction(point, chosen, ms, n)
     return model, moe, weights, metrics, chosen
 
 
@@ -516,6 +530,7 @@ def build_decode(point: Point, batch: int, numerics: Numerics, key) -> Workload:
         next_inputs=lambda out, inputs: (out[0], *inputs[1:]),
         metrics=metrics,
         resolved={"dispatch": chosen},
+        branch_fraction=metrics["run_fraction"],
     )
 
 
@@ -547,6 +562,7 @@ def build_prefill(point: Point, batch: int, numerics: Numerics, key) -> Workload
         cost=prefill_cost(point | {"dispatch": chosen}, batch, numerics),
         metrics=metrics,
         resolved={"dispatch": chosen},
+        branch_fraction=metrics["run_fraction"],
     )
 
 
