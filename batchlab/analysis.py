@@ -168,6 +168,59 @@ def median_abs_rel_error(records: list[dict]) -> float | None:
     return float(np.median(errs)) if errs else None
 
 
+def model_knee(points: list[dict]) -> Knee | None:
+    """The knee test on the per-kernel model's curve (prediction.model_s): where the
+    model says time leaves its flat part. None when the points carry no model."""
+    model = [r["prediction"].get("model_s") for r in points]
+    if not points or not all(model):
+        return None
+    return fit_knee([r["batch"] for r in points], model)
+
+
+def prediction_errors(records: list[dict], group=lambda r: r["model"]) -> dict:
+    """group -> {"model": [...], "roofline": [...]}: |measured / predicted - 1| of the
+    per-kernel model (prediction.model_s) and of the roofline lower bound, over the
+    points that carry a model prediction (so both lists judge the same points)."""
+    out: dict = defaultdict(lambda: {"model": [], "roofline": []})
+    for r in records:
+        p = r["prediction"] if record.is_point(r) else {}
+        if p.get("model_s"):
+            t = r["time"]["median_s"]
+            out[group(r)]["model"].append(abs(t / p["model_s"] - 1))
+            out[group(r)]["roofline"].append(abs(t / p["lower_s"] - 1))
+    return dict(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorStats:
+    """How far predictions are from measurements: |measured / predicted - 1|."""
+
+    points: int
+    median: float
+    p90: float
+    within_10: float  # fraction of points within 10%
+    within_20: float
+
+    @classmethod
+    def of(cls, errors) -> "ErrorStats | None":
+        a = np.asarray(errors, float)
+        if not a.size:
+            return None
+        return cls(
+            int(a.size),
+            float(np.median(a)),
+            float(np.percentile(a, 90)),
+            float(np.mean(a <= 0.1)),
+            float(np.mean(a <= 0.2)),
+        )
+
+
+def above_ceiling(records: list[dict]) -> list[dict]:
+    """Points whose attained FLOP/s or bytes/s exceed their ceilings: a ceiling below a
+    rate the device reached is wrong (record.attained flags them)."""
+    return [r for r in records if record.is_point(r) and r["attained"].get("above_ceiling")]
+
+
 def interval(r: dict) -> tuple[float, float]:
     """The 95% interval of a point's median: `time.ci95_s` when recorded (the bootstrap),
     else the median ± median_error (the normal approximation; 0 for a predicted point)."""

@@ -31,6 +31,9 @@ class SweepConfig:
     bandwidth: float | None = None
     predict_for: tuple[str, ...] = ()  # datasheet targets to predict for: "t4", "t4:float16"
     config_name: str = ""  # the named (seed) config this sweep runs; claims read it
+    # The per-kernel model's device profile: "auto" (OUT_DIR/profile.json, each table
+    # measured the first time a point needs it), "off", or a profile file to share.
+    model_profile: str = "auto"
     family_modules: tuple[str, ...] = ()  # user modules that register more families
     retry_failed: bool = False
     isolate: bool = True  # measure in a child process that a crash cannot take down
@@ -144,6 +147,8 @@ def validate(config: SweepConfig) -> None:
     if config.ceilings not in CEILINGS:
         raise ConfigError(f"--ceilings={config.ceilings}: allowed are {', '.join(CEILINGS)}")
     config.prediction_targets()
+    if not config.model_profile:
+        raise ConfigError("--model_profile: give auto, off, or a profile file's path")
     if config.config_name and not re.fullmatch(r"[A-Za-z0-9_.-]+", config.config_name):
         raise ConfigError(
             f"--config_name={config.config_name}: use letters, digits, '_', '.' and '-'"

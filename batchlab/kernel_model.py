@@ -106,18 +106,28 @@ class Lookup:
     def __init__(self, profile: dict):
         t = profile["tables"]
         self.floor_s = profile["floor_s"]
-        self.bytes = {name: self._loglog_table(t[name]) for name in set(BYTES_TABLE.values())}
+        # One more kernel in a call never costs less than the launch cost measured in a
+        # chain (a lone tiny kernel's table time nets out to about nothing beside the
+        # floor program, which runs one too).
+        self.launch_s = profile.get("launch_s", 0.0)
+        # A table not measured (profiles measure tables as sweeps need them) falls back
+        # to the stream table, which every profile has.
+        stream = self._loglog_table(t["stream"])
+        self.bytes = {
+            name: self._loglog_table(t[name]) if t.get(name) else stream
+            for name in set(BYTES_TABLE.values())
+        }
         rows = [(bh * tt * kk * 4, s) for bh, tt, kk, s in t.get("batched", [])]
-        self.batched = self._loglog_table(rows) if rows else self.bytes["stream"]
+        self.batched = self._loglog_table(rows) if rows else stream
         # matmul: seconds per FLOP on a grid of (log M) per width; cold where measured.
         self.matmul = {}
         for cold in (0, 1):
-            use = [r for r in t["matmul"] if r[2] == cold]
+            use = [r for r in t.get("matmul", []) if r[2] == cold]
             self.matmul[cold] = self._grid((r[0], r[1], r[3] / (2 * r[0] * r[1] ** 2)) for r in use)
-        self.cold_m = max((r[0] for r in t["matmul"] if r[2] == 1), default=0)
+        self.cold_m = max((r[0] for r in t.get("matmul", []) if r[2] == 1), default=0)
         # conv: seconds per FLOP on a grid of (log outputs) per channel count, per kernel.
         self.conv = {}
-        for side in {r[1] for r in t["conv"]}:
+        for side in {r[1] for r in t.get("conv", [])}:
             use = [r for r in t["conv"] if r[1] == side]
             self.conv[side] = self._grid(
                 (p * b * c, c, s / (2.0 * p * b * k * k * c * c)) for c, k, p, b, s in use
@@ -183,5 +193,5 @@ def predict(
     as cold when the call's working set exceeds the last cache level (`cache_bytes`)."""
     lookup = profile if isinstance(profile, Lookup) else Lookup(profile)
     cold = working_set_bytes > cache_bytes
-    times = tuple(KernelTime(k, lookup.seconds(k, cold)) for k in kernels)
+    times = tuple(KernelTime(k, max(lookup.launch_s, lookup.seconds(k, cold))) for k in kernels)
     return ModelPrediction(lookup.floor_s, times)

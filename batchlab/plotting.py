@@ -192,7 +192,7 @@ def _draw_series(axes, points: list[dict], x: str, style: dict) -> dict:
         b_star = record.b_star(points[-1])
         b_star = b_star if b_star is not None and min(xs) <= b_star <= max(xs) else None
         if model is not None:
-            fit = analysis.fit_knee(xs, model)
+            fit = analysis.model_knee(points)
             model_knee = fit.batch if fit.found else None
     for ax, gid, per in zip(axes, ("measured", "measured_per_example"), ([1] * len(xs), xs)):
         measured = [v / s for v, s in zip(t, per)]

@@ -21,12 +21,11 @@ Tables:
 import dataclasses
 import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 
-from batchlab import hardware, kernels, timing
+from batchlab import files, hardware, kernels, timing
 from batchlab.numerics import Numerics
 
 VERSION = 1
@@ -59,7 +58,8 @@ def plan(
             matmul_m=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
             matmul_d=(64, 256, 1024, 4096),
             cold_m=(1, 2, 4, 8, 16, 32, 64),
-            stream_bytes=tuple(2**p for p in range(12, 29, 2)),  # 4 KiB .. 256 MiB
+            # 64 B .. 256 MiB: the smallest show what a tiny kernel costs beside the floor
+            stream_bytes=tuple(2**p for p in range(6, 29, 2)),
             cold_bytes=cold,
             conv=tuple(
                 (c, k, s, b) for c in (64, 256) for k in (1, 3) for s in (14, 56) for b in (1, 8)
@@ -93,6 +93,17 @@ def _timed(fn, arg_sets, spec=SPEC) -> float:
     return timing.time_calls(call, spec).median_s
 
 
+def _timed_donated(jitted, table, idx, upd) -> float:
+    """Median seconds of an in-place update whose buffer each call donates and returns."""
+    state = {"t": table}
+    compiled = jitted.lower(table, idx, upd).compile()
+
+    def call(i):
+        state["t"] = jax.block_until_ready(compiled(state["t"], idx, upd))
+
+    return timing.time_calls(call, SPEC).median_s
+
+
 class _Rand:
     """Random non-zero arrays on one device, drawn once per shape."""
 
@@ -111,156 +122,227 @@ class _Rand:
         return [base] + [scale(base, jnp.asarray(1 + i / 64, base.dtype)) for i in range(1, n)]
 
 
-def measure(numerics: Numerics, device=None, p: Plan | None = None, log=lambda s: None) -> dict:
-    """Every table of the profile, measured on `device` for these numerics."""
-    device = device or jax.local_devices()[0]
-    spec = hardware.lookup(device.device_kind)
-    caches = hardware.cache_levels(device.platform, spec)
-    p = p or plan(device.platform, spec and spec.memory_bytes, max(caches.values(), default=None))
-    rand, prec = _Rand(numerics, device), numerics.lax_precision
-    x1 = rand(1)
-    floor = _timed(lambda x: x + 1, [(x1,)])
-    out = {"floor_s": floor, "tables": {}}
+class _Measure:
+    """The profile's tables, each measured by its own method on one device."""
 
-    def net(seconds):
-        return max(seconds - floor, 1e-9)
+    def __init__(self, numerics: Numerics, device, p: Plan, floor_s: float):
+        self.numerics, self.p, self.floor = numerics, p, floor_s
+        self.rand, self.prec = _Rand(numerics, device), numerics.lax_precision
 
-    def mm(x, w):
-        return jnp.matmul(x, w, precision=prec)
+    def net(self, seconds: float) -> float:
+        return max(seconds - self.floor, 1e-9)
 
-    log("profile: matmuls")
-    rows = []
-    for d in p.matmul_d:
-        w = rand(d, d)
-        colds = (
-            rand.copies(w, p.cold_bytes) if d * d * numerics.itemsize * 2 < p.cold_bytes else [w]
+    def mm(self, x, w):
+        return jnp.matmul(x, w, precision=self.prec)
+
+    def matmul(self) -> list:
+        rows, p, rand = [], self.p, self.rand
+        for d in p.matmul_d:
+            w = rand(d, d)
+            big = d * d * self.numerics.itemsize * 2 >= p.cold_bytes
+            colds = [w] if big else rand.copies(w, p.cold_bytes)
+            for m in p.matmul_m:
+                if 2 * m * d * d > p.max_flops and m > 1:
+                    continue
+                x = rand(m, d)
+                rows.append([m, d, 0, self.net(_timed(self.mm, [(x, w)]))])
+                if m in p.cold_m:
+                    rows.append([m, d, 1, self.net(_timed(self.mm, [(x, c) for c in colds]))])
+            del colds
+        return rows
+
+    def batched(self) -> list:
+        rows = []
+        for bh, t, k, _ in self.p.batched:
+            q, kv = self.rand(bh, 1, k), self.rand(bh, t, k)
+
+            def scores(q, kv):
+                return jnp.einsum("bqk,btk->bqt", q, kv, precision=self.prec)
+
+            rows.append([bh, t, k, self.net(_timed(scores, [(q, kv)]))])
+        return rows
+
+    def conv(self) -> list:
+        rows = []
+        for c, k, side, b in self.p.conv:
+            x, w = self.rand(b, side, side, c), self.rand(k, k, c, c)
+
+            def conv(x, w):
+                dims = ("NHWC", "HWIO", "NHWC")
+                return jax.lax.conv_general_dilated(
+                    x, w, (1, 1), "SAME", dimension_numbers=dims, precision=self.prec
+                )
+
+            rows.append([c, k, side * side, b, self.net(_timed(conv, [(x, w)]))])
+        return rows
+
+    def _bytes(self, shape_of, fn, traffic: float, sizes) -> list:
+        """(bytes moved, s) at each size: past the last cache level it streams."""
+        rows, s = [], self.numerics.itemsize
+        for nbytes in sizes:
+            base = self.rand(*shape_of(max(16, nbytes // s)))
+            rows.append([base.nbytes * traffic, self.net(_timed(fn, [(base,)]))])
+        return rows
+
+    def stream(self) -> list:
+        return self._bytes(lambda n: (n,), lambda x: x * 1.0001 + 0.5, 2, self.p.stream_bytes)
+
+    def reduction(self) -> list:
+        return self._bytes(
+            lambda n: (max(1, n // 256), 256), lambda x: x.sum(-1), 1, self.p.stream_bytes
         )
-        for m in p.matmul_m:
-            if 2 * m * d * d > p.max_flops and m > 1:
-                continue
-            x = rand(m, d)
-            rows.append([m, d, 0, net(_timed(mm, [(x, w)]))])
-            if m in p.cold_m:
-                rows.append([m, d, 1, net(_timed(mm, [(x, c) for c in colds]))])
-        del colds
-    out["tables"]["matmul"] = rows
 
-    log("profile: batched products over a cache")
-    rows = []
-    for bh, t, k, _ in p.batched:
-        q, kv = rand(bh, 1, k), rand(bh, t, k)
-        rows.append(
-            [
-                bh,
-                t,
-                k,
-                net(
-                    _timed(
-                        lambda q, kv: jnp.einsum("bqk,btk->bqt", q, kv, precision=prec), [(q, kv)]
-                    )
-                ),
-            ]
-        )
-    out["tables"]["batched"] = rows
+    def copy(self) -> list:
+        return self._bytes(lambda n: (max(1, n // 256), 256), lambda x: x.T, 2, self.p.stream_bytes)
 
-    log("profile: convolutions")
-    rows = []
-    for c, k, side, b in p.conv:
-        x, w = rand(b, side, side, c), rand(k, k, c, c)
-
-        def conv(x, w):
-            return jax.lax.conv_general_dilated(
-                x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=prec
+    def reduce_window(self) -> list:
+        def pool(x):
+            return jax.lax.reduce_window(
+                x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "SAME"
             )
 
-        rows.append([c, k, side * side, b, net(_timed(conv, [(x, w)]))])
-    out["tables"]["conv"] = rows
+        def image(n):
+            side = max(4, int((n // 64) ** 0.5))
+            return (1, side, side, 64)
 
-    log("profile: bytes-bound kernels")
-    s = numerics.itemsize
-    kinds = {
-        "stream": (lambda n: (n,), lambda x: x * 1.0001 + 0.5, 2),
-        "reduction": (lambda n: (n // 256, 256), lambda x: x.sum(-1), 1),
-        "copy": (lambda n: (n // 256, 256), lambda x: x.T, 2),
-        "reduce_window": (
-            lambda n: (1, max(4, int((n // 64) ** 0.5)), max(4, int((n // 64) ** 0.5)), 64),
-            lambda x: jax.lax.reduce_window(
-                x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "SAME"
-            ),
-            1.25,
-        ),
-    }
-    for name, (shape_of, fn, traffic) in kinds.items():
+        return self._bytes(image, pool, 1.25, self.p.stream_bytes)
+
+    def _rows_of(self, nbytes: int):
+        width = 256
+        return self.rand(max(8, nbytes // (self.numerics.itemsize * width)), width)
+
+    def _indexed_sizes(self):
+        """Every other stream size from 16 KiB: gathers of fewer rows cost the launch."""
+        return [b for b in self.p.stream_bytes if b >= 2**14][::2]
+
+    def gather(self) -> list:
         rows = []
-        for nbytes in p.stream_bytes:  # past the last cache level, a size streams from memory
-            base = rand(*shape_of(max(256, nbytes // s)))
-            rows.append([base.nbytes * traffic, net(_timed(fn, [(base,)]))])
-        out["tables"][name] = rows
+        for nbytes in self._indexed_sizes():
+            table = self._rows_of(nbytes)
+            idx = jnp.arange(0, table.shape[0], 2, dtype=jnp.int32)
+            moved = idx.size * table.shape[1] * self.numerics.itemsize * 2
+            rows.append([moved, self.net(_timed(lambda t, i: t[i], [(table, idx)]))])
+        return rows
 
-    log("profile: gather and scatter")
-    rows_g, rows_s = [], []
-    for nbytes in p.stream_bytes[2::2]:
-        rows_n, width = max(8, nbytes // (s * 256)), 256
-        table, idx = rand(rows_n, width), jnp.arange(0, rows_n, 2, dtype=jnp.int32)
-        rows_g.append([idx.size * width * s * 2, net(_timed(lambda t, i: t[i], [(table, idx)]))])
-        upd = rand(idx.size, width)
-        scatter = jax.jit(lambda t, i, u: t.at[i].set(u), donate_argnums=0)
-        rows_s.append([upd.nbytes * 2, net(_timed_donated(scatter, table, idx, upd))])
-    out["tables"]["gather"], out["tables"]["scatter"] = rows_g, rows_s
+    def scatter(self) -> list:
+        rows = []
+        for nbytes in self._indexed_sizes():
+            table = self._rows_of(nbytes)
+            idx = jnp.arange(0, table.shape[0], 2, dtype=jnp.int32)
+            upd = self.rand(idx.size, table.shape[1])
+            scatter = jax.jit(lambda t, i, u: t.at[i].set(u), donate_argnums=0)
+            rows.append([upd.nbytes * 2, self.net(_timed_donated(scatter, table, idx, upd))])
+        return rows
 
-    log("profile: launch cost")
-    x, w = rand(8, 8), rand(8, 8)
+    def launch(self) -> float:
+        """Seconds per extra kernel, from chains of 1 and 64 dependent tiny matmuls."""
+        x, w = self.rand(8, 8), self.rand(8, 8)
 
-    def chain(n):
-        def f(x, w):
-            for _ in range(n):
-                x = jnp.tanh(mm(x, w))
-            return x
+        def chain(n):
+            def f(x, w):
+                for _ in range(n):
+                    x = jnp.tanh(self.mm(x, w))
+                return x
 
-        return f
+            return f
 
-    counts, times = [], []
-    for n in (1, 64):
-        compiled = timing.compile_ahead(chain(n), (x, w)).compiled
-        counts.append(kernels.totals(kernels.of_compiled(compiled))["kernels"])
-        times.append(_timed(chain(n), [(x, w)]))
-    out["launch_s"] = max(0.0, (times[1] - times[0]) / max(1, counts[1] - counts[0]))
+        counts, times = [], []
+        for n in (1, 64):
+            compiled = timing.compile_ahead(chain(n), (x, w)).compiled
+            counts.append(kernels.totals(kernels.of_compiled(compiled))["kernels"])
+            times.append(_timed(chain(n), [(x, w)]))
+        return max(0.0, (times[1] - times[0]) / max(1, counts[1] - counts[0]))
+
+
+TABLES = (
+    "matmul", "batched", "conv", "stream", "reduction", "copy", "reduce_window", "gather",
+    "scatter",
+)  # fmt: skip
+# The profile's table that prices each kernel class (batch dims make a matmul "batched").
+TABLE_OF = {
+    "matmul": "matmul",
+    "conv": "conv",
+    "elementwise": "stream",
+    "reduction": "reduction",
+    "copy": "copy",
+    "reduce_window": "reduce_window",
+    "gather": "gather",
+    "dynamic_slice": "gather",
+    "scatter": "scatter",
+    "dynamic_update_slice": "scatter",
+}
+
+
+def tables_for(ks) -> set[str]:
+    """The tables the model needs to price these kernels (the stream table always)."""
+    need = {"stream"}
+    for k in ks:
+        need.add(
+            "batched" if k.cls == "matmul" and k.dim("batch") > 1 else TABLE_OF.get(k.cls, "stream")
+        )
+    return need
+
+
+def _device_plan(device) -> Plan:
+    spec = hardware.lookup(device.device_kind)
+    caches = hardware.cache_levels(device.platform, spec)
+    return plan(device.platform, spec and spec.memory_bytes, max(caches.values(), default=None))
+
+
+def measure(
+    numerics: Numerics, device=None, p: Plan | None = None, names=TABLES, log=lambda s: None
+) -> dict:
+    """The profile's floor, launch cost and the tables `names`, measured on `device`."""
+    device = device or jax.local_devices()[0]
+    p = p or _device_plan(device)
+    floor = _timed(lambda x: x + 1, [(jax.device_put(jnp.ones((1,), jnp.float32), device),)])
+    m = _Measure(numerics, device, p, floor)
+    out = {"floor_s": floor, "launch_s": m.launch(), "tables": {}}
+    for name in names:
+        log(f"profile: {name}")
+        out["tables"][name] = getattr(m, name)()
     return out
 
 
-def _timed_donated(jitted, table, idx, upd) -> float:
-    """Median seconds of an in-place update whose buffer each call donates and returns."""
-    state = {"t": table}
-    compiled = jitted.lower(table, idx, upd).compile()
+class Store:
+    """A profile file: {key: profile} per device kind and numerics, each table measured
+    the first time a sweep needs it and kept; a profile made by another version of
+    batchlab's profile or of JAX is measured again."""
 
-    def call(i):
-        state["t"] = jax.block_until_ready(compiled(state["t"], idx, upd))
+    def __init__(self, path: str, device, numerics: Numerics, log=lambda s: None):
+        self.path, self.device, self.numerics, self.log = path, device, numerics, log
+        self.key = key(device.device_kind, numerics)
+        self.stamp = {"profile_version": VERSION, "jax": jax.__version__}
 
-    return timing.time_calls(call, SPEC).median_s
+    def _read(self) -> dict:
+        return files.read_state(self.path, "use --recalibrate or another --model_profile", _problem)
+
+    def profile(self, names=("stream",)) -> dict:
+        """The profile with at least the tables `names`, measuring what is missing."""
+        entries = self._read()
+        entry = entries.get(self.key)
+        if entry is None or entry.get("stamp") != self.stamp:
+            entry = measure(self.numerics, self.device, names=(), log=self.log)
+            entry["stamp"] = self.stamp
+        missing = [n for n in names if n not in entry["tables"]]
+        if missing or self.key not in entries:
+            fresh = measure(self.numerics, self.device, names=missing, log=self.log)
+            entry["tables"] |= fresh["tables"]
+            entries[self.key] = entry
+            files.write_atomic(self.path, json.dumps(entries))
+        return entry
+
+
+def _problem(entries: dict) -> str | None:
+    """What makes a profile file's contents unusable, or None."""
+    for k, v in entries.items():
+        if not isinstance(v, dict) or not isinstance(v.get("tables"), dict) or "floor_s" not in v:
+            return f"entry {k!r} is not a profile (it needs floor_s and tables)"
+    return None
 
 
 def key(device_kind: str, numerics: Numerics) -> str:
     return f"{device_kind}|{numerics.dtype}|{numerics.precision}"
-
-
-def cached(
-    path: str, device_kind: str, numerics: Numerics, device=None, log=lambda s: None
-) -> dict:
-    """The profile from the file at `path`, measured and saved on a miss (or when it was
-    made by another version of batchlab or JAX)."""
-    entries = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            entries = json.load(f)
-    k = key(device_kind, numerics)
-    stamp = {"profile_version": VERSION, "jax": jax.__version__}
-    if k not in entries or entries[k].get("stamp") != stamp:
-        entries[k] = measure(numerics, device, log=log) | {"stamp": stamp}
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(entries, f)
-        os.replace(tmp, path)
-    return entries[k]
 
 
 # ---- profiles of datasheet devices ------------------------------------------------------

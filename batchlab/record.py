@@ -249,13 +249,18 @@ def prediction_entry(
 
 
 def attained(cost: Mapping, seconds: float, ceilings: Mapping) -> dict:
-    """Rates a time implies: FLOP/s and B/s, and their fractions of the ceilings."""
+    """Rates a time implies: FLOP/s and B/s, their fractions of the ceilings, and which
+    ceilings the point exceeds (a ceiling is never below what a point attains: one that
+    is, was measured too low)."""
     flops, moved = cost["flops"], cost["total_bytes"]
+    peak = flops / seconds / ceilings["peak_flops"]
+    bandwidth = moved / seconds / ceilings["bandwidth"]
     return {
         "flops_per_s": flops / seconds,
-        "fraction_of_peak": flops / seconds / ceilings["peak_flops"],
+        "fraction_of_peak": peak,
         "bytes_per_s": moved / seconds,
-        "fraction_of_bandwidth": moved / seconds / ceilings["bandwidth"],
+        "fraction_of_bandwidth": bandwidth,
+        "above_ceiling": [n for n, f in (("peak", peak), ("bandwidth", bandwidth)) if f > 1 + 1e-9],
     }
 
 
@@ -270,6 +275,7 @@ def measured(
     ceilings: roofline.Ceilings,
     empty_call_s: float,
     prediction: roofline.Prediction,
+    model: dict,
     critical_batch: dict,
     predicted: dict,
     working_set: dict,
@@ -277,7 +283,8 @@ def measured(
 ) -> dict:
     """A measured point. `cost` is the whole call's; `device_cost` what the roofline and
     the attained rates judge (one device's share under a mesh, else the same); `extra`
-    holds the family's metrics and the mesh layout, as they come."""
+    holds the family's metrics, the mesh layout and the kernels, as they come; `model`
+    the per-kernel model's fields of the prediction ({} without a profile)."""
     median = time["median_s"]
     return (
         base_fields
@@ -290,7 +297,9 @@ def measured(
             "xla": xla,
             "ceilings": ceilings.as_dict(),
             "empty_call_s": empty_call_s,
-            "prediction": prediction.as_dict() | {"rel_error": median / prediction.lower_s - 1},
+            "prediction": prediction.as_dict()
+            | {"rel_error": median / prediction.lower_s - 1}
+            | model,
             "attained": attained(device_cost.as_dict(), median, ceilings.as_dict()),
             "working_set": working_set,
             "critical_batch": critical_batch,
@@ -323,22 +332,35 @@ def _predicted(r: dict, seconds: float, **fields) -> dict:
     return out
 
 
-def as_predicted(r: dict) -> dict:
-    """`r` with its time replaced by its roofline lower bound on the device that
-    measured it (its ceilings and empty-call floor): what the roofline expected there."""
-    return _predicted(r, r["prediction"]["lower_s"])
+ROOFLINE, MODEL = "roofline", "model"  # who predicts: the lower bound, the per-kernel model
 
 
-def on_datasheet(r: dict, key: str) -> dict | None:
-    """`r` as the roofline predicts it on the datasheet target `key` ("t4|float16|default"),
-    from the prediction stored at sweep time; None when none was stored."""
+def _predicted_s(prediction: dict, by: str) -> float | None:
+    """The predicted seconds `by` the roofline (its lower bound) or the model (None when
+    the point stored no model prediction)."""
+    return prediction["lower_s"] if by == ROOFLINE else prediction.get("model_s")
+
+
+def as_predicted(r: dict, by: str = ROOFLINE) -> dict | None:
+    """`r` with its time replaced by what the roofline (its lower bound, with the
+    empty-call floor) or the per-kernel model expected on the device that measured it;
+    None when `by` stored nothing for it."""
+    seconds = _predicted_s(r["prediction"], by)
+    return None if seconds is None else _predicted(r, seconds)
+
+
+def on_datasheet(r: dict, key: str, by: str = ROOFLINE) -> dict | None:
+    """`r` as the roofline or the model predicts it on the datasheet target `key`
+    ("t4|float16|default"), from the prediction stored at sweep time; None when none was
+    stored."""
     entry = (r.get("predicted") or {}).get(key)
-    if entry is None:
+    seconds = entry and _predicted_s(entry["prediction"], by)
+    if seconds is None:
         return None
     prov = {"backend": entry["backend"], "device_kind": entry["device_kind"], "host": "datasheet"}
     return _predicted(
         r,
-        entry["prediction"]["lower_s"],
+        seconds,
         dtype=entry["dtype"],
         precision=entry["precision"],
         cost=entry["cost"],
@@ -512,15 +534,17 @@ def _derived_b_star(batches, costs, ceilings) -> dict | None:
     }
 
 
-def as_predicted_all(records: list[dict]) -> list[dict]:
-    """Every successful point, as_predicted."""
-    return [as_predicted(r) for r in records if is_point(r)]
+def as_predicted_all(records: list[dict], by: str = ROOFLINE) -> list[dict]:
+    """Every successful point, as_predicted `by` the roofline or the model (points that
+    stored no model prediction are left out)."""
+    out = (as_predicted(r, by) for r in records if is_point(r))
+    return [r for r in out if r is not None]
 
 
-def on_datasheet_all(records: list[dict], key: str) -> list[dict]:
+def on_datasheet_all(records: list[dict], key: str, by: str = ROOFLINE) -> list[dict]:
     """Every successful point predicted on target `key`; points that stored none are left
     out."""
-    out = (on_datasheet(r, key) for r in records if is_point(r))
+    out = (on_datasheet(r, key, by) for r in records if is_point(r))
     return [r for r in out if r is not None]
 
 

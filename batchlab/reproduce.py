@@ -133,6 +133,8 @@ def plan(config: ReproduceConfig, root: str, parse) -> list[Planned]:
         planned.append(Planned(TRAIN, "experiments.train_router", train, [out]))
     for name in [n for n in config.configs or names if n != TRAIN]:
         flags = [
+            # One device profile for every sweep, measured as they need its tables.
+            f"--model_profile={os.path.join(out_dir, results.PROFILE)}",
             *config.sweep_flags,
             f"--out_dir={os.path.join(out_dir, name)}",
             *([f"--compilation_cache_dir={cache}"] if cache else []),

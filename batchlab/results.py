@@ -28,7 +28,8 @@ RESULTS, CONFIG, FLAGS, CALIBRATION, INFLIGHT, PLOT = (
     "inflight.json",
     "plot.png",
 )
-STATE = (RESULTS, CONFIG, FLAGS, CALIBRATION, INFLIGHT)
+PROFILE = "profile.json"  # the per-kernel model's device profile (batchlab.profile)
+STATE = (RESULTS, CONFIG, FLAGS, CALIBRATION, INFLIGHT, PROFILE)
 
 
 def append(path: str, rec: dict, warn=None) -> None:

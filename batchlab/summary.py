@@ -33,7 +33,9 @@ def critical_batch_line(points: list[dict]) -> str:
             f"{roofline.fmt_batch(record.b_star(last))} (with activations)"
         )
     knee = analysis.fit_knee(*analysis.times(points))
-    return f"critical batch: {pred}; measured knee {knee.text()}"
+    model = analysis.model_knee(points)
+    model = f"; model knee {model.text()}" if model else ""
+    return f"critical batch: {pred}; measured knee {knee.text()}{model}"
 
 
 def table(records: list[dict], targets=None) -> str:
@@ -46,17 +48,20 @@ def table(records: list[dict], targets=None) -> str:
             f"\n{key.label}  (P {ceilings.peak_flops / 1e9:.1f} GFLOP/s, "
             f"BW {ceilings.bandwidth / 1e9:.1f} GB/s, {ceilings.source})",
             f"{'batch':>7} {'median ms':>10} {'95% CI ms':>17} {'p99 ms':>9} {'spread':>7} "
-            f"{'ms/example':>11} {'pred ms':>9} {'regime':>9} {'err':>7} {'%peak':>6} "
-            f"{'fits in':>7}",
+            f"{'ms/example':>11} {'pred ms':>9} {'regime':>9} {'err':>7} {'model ms':>9} "
+            f"{'err':>7} {'%peak':>6} {'fits in':>7}  model: where the time goes",
         ]
         for r in points:
             t, p = r["time"], r["prediction"]
+            model_err = f"{100 * p['model_error']:>+6.0f}%" if "model_error" in p else "      -"
             lines.append(
                 f"{r['batch']:>7} {_ms(t['median_s']):>10} {_interval(r):>17} "
                 f"{_ms(t.get('p99_s')):>9} {100 * t['spread']:>6.1f}% "
                 f"{_ms(r['time_per_example_s']):>11} {_ms(p['lower_s']):>9} {p['regime']:>9} "
-                f"{100 * p['rel_error']:>+6.0f}% {100 * r['attained']['fraction_of_peak']:>5.1f}% "
-                f"{r['working_set']['fits_in']:>7}" + ("  unstable" if t["unstable"] else "")
+                f"{100 * p['rel_error']:>+6.0f}% {_ms(p.get('model_s')):>9} {model_err} "
+                f"{100 * r['attained']['fraction_of_peak']:>5.1f}% "
+                f"{r['working_set']['fits_in']:>7}  {p.get('model_text', '')}"
+                + ("  unstable" if t["unstable"] else "")
             )
         lines.append(critical_batch_line(points))
         for target in targets if targets is not None else record.targets(points):
@@ -72,7 +77,30 @@ def table(records: list[dict], targets=None) -> str:
             f"\nroofline vs measurement: median |measured/predicted - 1| = "
             f"{100 * err:.0f}% over {sum(record.is_point(r) for r in records)} points"
         )
+    model = analysis.ErrorStats.of(
+        [e for v in analysis.prediction_errors(records).values() for e in v["model"]]
+    )
+    if model:
+        lines.append(
+            f"per-kernel model vs measurement: median {100 * model.median:.0f}%, "
+            f"{100 * model.within_20:.0f}% of {model.points} points within 20%"
+        )
+    lines += [_above_ceiling_line(r) for r in analysis.above_ceiling(records)]
     return "\n".join(lines)
+
+
+def _above_ceiling_line(r: dict) -> str:
+    """A point faster than a ceiling allows: the ceiling is wrong, not the point."""
+    a, c = r["attained"], r["ceilings"]
+    rates = {
+        "peak": f"{a['flops_per_s'] / 1e9:.1f} GFLOP/s > {c['peak_flops'] / 1e9:.1f}",
+        "bandwidth": f"{a['bytes_per_s'] / 1e9:.1f} GB/s > {c['bandwidth'] / 1e9:.1f}",
+    }
+    over = ", ".join(rates[n] for n in a["above_ceiling"])
+    return (
+        f"warning: {r['id']} attains {over} ({c['source']} ceiling): the ceiling is too "
+        "low; --recalibrate, or give --peak_flops/--bandwidth"
+    )
 
 
 def _target_line(points: list[dict], target: str) -> str:

@@ -16,6 +16,9 @@ from batchlab import (
     dry_run,
     files,
     hardware,
+    kernel_model,
+    kernels,
+    profile,
     record,
     results,
     roofline,
@@ -75,10 +78,70 @@ def init_out_dir(config: SweepConfig, flagfile_text: str) -> None:
 
 
 def forget_calibration(config: SweepConfig) -> None:
-    """Drops OUT_DIR's cached ceilings, so the next point's worker measures them again."""
-    path = os.path.join(config.out_dir, results.CALIBRATION)
-    if os.path.exists(path):
-        os.remove(path)
+    """Drops OUT_DIR's cached ceilings and profile, so the next point's worker measures
+    them again (a profile file named by --model_profile is the user's to keep)."""
+    names = [results.CALIBRATION] + ([results.PROFILE] if config.model_profile == "auto" else [])
+    for name in names:
+        path = os.path.join(config.out_dir, name)
+        if os.path.exists(path):
+            os.remove(path)
+
+
+@dataclasses.dataclass
+class Model:
+    """What the per-kernel model needs during a sweep: the device's profile (its tables
+    measured as points need them) and each --predict_for target's datasheet profile."""
+
+    store: profile.Store
+    cache_bytes: float  # the device's last cache level: a working set past it is cold
+    sheets: dict  # target key -> (kernel_model.Lookup, cache bytes, bytes ratio)
+
+    @classmethod
+    def make(cls, config: SweepConfig, device, caches: dict, log) -> "Model | None":
+        if config.model_profile == "off" or (config.distributed and config.model_profile == "auto"):
+            return None  # several processes would each measure: name a shared profile file
+        path = config.model_profile
+        if path == "auto":
+            path = os.path.join(config.out_dir, results.PROFILE)
+        sheets = {}
+        for key, numerics in config.prediction_targets():
+            spec = hardware.DATASHEET[key]
+            lookup = kernel_model.Lookup(profile.from_datasheet(spec, numerics))
+            ratio = numerics.itemsize / config.numerics.itemsize
+            sheets[record.target_key(key, numerics)] = (lookup, spec.cache_bytes or 0, ratio)
+        store = profile.Store(path, device, config.numerics, log)
+        return cls(store, max(caches.values(), default=0), sheets)
+
+    def fields(self, ks: list, working_set: float, seconds: float) -> dict:
+        """The model's prediction for a measured point: prediction fields and kernels."""
+        lookup = kernel_model.Lookup(self.store.profile(profile.tables_for(ks)))
+        m = kernel_model.predict(ks, lookup, working_set, self.cache_bytes)
+        return {
+            "model_s": m.model_s,
+            "model_error": seconds / m.model_s - 1,
+            "model_kernels": m.top(3),
+            "model_text": m.text(),
+            "model_source": f"profile measured here ({self.store.path})",
+        }
+
+    def target(self, key: str, ks: list, working_set: float) -> dict:
+        """The model's prediction on a datasheet target, from this point's kernels (their
+        bytes scaled to the target's dtype)."""
+        lookup, cache, ratio = self.sheets[key]
+        if ratio != 1:
+            ks = [
+                dataclasses.replace(
+                    k, bytes_read=k.bytes_read * ratio, bytes_written=k.bytes_written * ratio
+                )
+                for k in ks
+            ]
+        m = kernel_model.predict(ks, lookup, working_set * ratio, cache)
+        return {
+            "model_s": m.model_s,
+            "model_kernels": m.top(3),
+            "model_text": m.text(),
+            "model_source": "datasheet model, not validated",
+        }
 
 
 def pending(config: SweepConfig, log=print) -> list[tuple[dict, int, str]]:
@@ -154,6 +217,7 @@ def measure_point(
     caches: dict,
     mesh=None,
     agree=None,
+    model: Model | None = None,
 ) -> dict:
     """Builds, compiles and times one point; returns its record.
 
@@ -180,6 +244,9 @@ def measure_point(
         }
     copies = _weight_copies(weights, config.weight_copies)
     compiled = timing.compile_ahead(fn, (weights, *inputs), work.donate_argnums)
+    t0 = time.perf_counter()
+    ks = kernels.of_compiled(compiled.compiled, work.branch_fraction)
+    kernels_s = time.perf_counter() - t0
     run, n = compiled.compiled, len(copies)
 
     def call(i):
@@ -199,12 +266,20 @@ def measure_point(
                 call(i)
     # What repeated calls cycle through: every weight copy, plus this call's other bytes.
     working_set = cost.total_bytes + cost.weight_bytes * (config.weight_copies - 1)
+    point_for_cost = point | work.resolved
+    fields = roofline_fields(config, point_for_cost, batch, ceilings)
+    modelled = {}
+    if model is not None:
+        modelled = model.fields(ks, working_set, stats.median_s)
+        for key in fields["predicted"]:
+            fields["predicted"][key]["prediction"] |= model.target(key, ks, working_set)
     return record.measured(
         base,
         time=stats.as_dict(),
         compile_info={
             "lower_s": compiled.lower_s,
             "compile_s": compiled.compile_s,
+            "kernels_s": kernels_s,
             "cache_dir": config.compilation_cache_dir,
         },
         cost=work.cost,
@@ -213,9 +288,12 @@ def measure_point(
         ceilings=ceilings,
         empty_call_s=floor_s,
         prediction=roofline.predict(cost, ceilings, floor_s),
-        **roofline_fields(config, point, batch, ceilings),
+        model=modelled,
+        **fields,
         working_set={"bytes": working_set, "fits_in": hardware.fits_in(working_set, caches)},
-        extra=layout | ({"metrics": metrics} if metrics else {}),
+        extra=layout
+        | {"kernels": [k.as_dict() for k in ks]}
+        | ({"metrics": metrics} if metrics else {}),
     )
 
 
@@ -379,6 +457,7 @@ def run(config: SweepConfig, log=print, mesh=None, argv=None) -> int:
     ceilings = share_of_host(resolve_ceilings(config, device), device, mesh)
     floor = timing.empty_call_floor(config.timing, device)
     caches = hardware.cache_levels(device.platform, hardware.lookup(device.device_kind))
+    model = Model.make(config, device, caches, log) if writer else None
     log(
         f"device {device.device_kind} ({device.platform}); ceilings ({ceilings.source}): "
         f"{ceilings.peak_flops / 1e9:.1f} GFLOP/s [{ceilings.flops_kernel}], "
@@ -405,7 +484,17 @@ def run(config: SweepConfig, log=print, mesh=None, argv=None) -> int:
         base = base_record(config, point, batch, device, argv)
         try:
             rec = measure_point(
-                config, base, point, batch, device, ceilings, floor.median_s, caches, mesh, agree
+                config,
+                base,
+                point,
+                batch,
+                device,
+                ceilings,
+                floor.median_s,
+                caches,
+                mesh,
+                agree,
+                model,
             )
         except Exception as e:  # any point may fail; the sweep goes on
             if _disk_full(e):  # not the point's fault: the sweep stops, saying where

@@ -71,6 +71,14 @@ GENERAL = (
         "dtype or another: t4,t4:float16,h100_sxm. Stored in each record; the report predicts "
         "from them.",
     ),
+    (
+        "model_profile",
+        "string",
+        "auto",
+        "The per-kernel model's device profile: auto "
+        "(OUT_DIR/profile.json, each table measured the first time a point needs it; "
+        "--recalibrate measures it again), off, or a profile file several sweeps share.",
+    ),
     ("family_modules", "list", [], "Python modules to import that register more families."),
     ("retry_failed", "bool", False, "Measure failed points again."),
     (
@@ -256,6 +264,7 @@ def sweep_config(f: types.SimpleNamespace) -> config.SweepConfig:
         peak_flops=f.peak_flops.value,
         bandwidth=f.bandwidth.value,
         predict_for=tuple(f.predict_for.value),
+        model_profile=f.model_profile.value,
         config_name=f.config_name.value,
         family_modules=tuple(f.family_modules.value),
         retry_failed=f.retry_failed.value,

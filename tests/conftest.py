@@ -14,6 +14,9 @@ FAST_TIMING = timing.TimingSpec(
     target_spread=0.5, time_budget_s=0.05, min_reps=3, warmup_reps=1, warmup_s=0.0
 )
 FIXED = dict(peak_flops=100e9, bandwidth=20e9)
+# Tests measure no device profile (tests/test_model_profile.py does, on a tiny plan).
+NO_MODEL = dict(model_profile="off")
+NO_MODEL_FLAG = "--model_profile=off"
 # A small decoder point (GQA, RoPE, SwiGLU) for tests of the decoder families.
 SMALL_DECODER = {
     "depth": 2,
@@ -31,6 +34,8 @@ SMALL_DECODER = {
 
 def run_cli(*args, module="experiments.sweep", timeout=300):
     """Runs `python -m MODULE ARGS` from the repository root; returns the CompletedProcess."""
+    if module == "experiments.sweep":
+        args = (NO_MODEL_FLAG, *args)  # a later --model_profile (a flagfile's too) wins
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,
@@ -42,7 +47,7 @@ def run_cli(*args, module="experiments.sweep", timeout=300):
 
 def make_config(out_dir, model="mlp", grid=None, batch_sizes=("1", "2", "4"), **kwargs):
     """A validated SweepConfig with small, fast defaults."""
-    kwargs = {"timing": FAST_TIMING, "isolate": False, **FIXED, **kwargs}
+    kwargs = {"timing": FAST_TIMING, "isolate": False, **FIXED, **NO_MODEL, **kwargs}
     return config.build(
         model,
         grid or {"depths": ["2"], "widths": ["32"]},
@@ -132,6 +137,7 @@ def synthetic(
         ceilings=ceilings,
         empty_call_s=0.0,
         prediction=pred,
+        model={},
         **sweep.roofline_fields(cfg, params, batch, ceilings),
         working_set={"bytes": cost.total_bytes, "fits_in": "memory"},
         extra={},

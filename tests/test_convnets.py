@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import NO_MODEL_FLAG
 
 from batchlab import claims, config, results, summary, sweep, timing
 from batchlab.models.convnet import ConvStack, Pool
@@ -243,7 +244,7 @@ def test_resnet50_flops_match_cost_analysis(small_resnet):
 
 def sweep_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "experiments.sweep", *args],
+        [sys.executable, "-m", "experiments.sweep", NO_MODEL_FLAG, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import NO_MODEL_FLAG, ROOT, run_cli
 
 from batchlab import config, record, results
 from batchlab.distributed import parse_mesh, shard_of
@@ -24,7 +24,13 @@ def env_with_devices(n):
 def run_with_devices(n, *args, module="experiments.sweep"):
     """`python -m MODULE ARGS` with n fake CPU devices; returns the CompletedProcess."""
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [
+            sys.executable,
+            "-m",
+            module,
+            *([NO_MODEL_FLAG] if module == "experiments.sweep" else []),
+            *args,
+        ],
         cwd=ROOT,
         env=env_with_devices(n),
         capture_output=True,

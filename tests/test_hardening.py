@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_config, run_cli
+from conftest import NO_MODEL_FLAG, ROOT, make_config, run_cli
 
 from batchlab import combine, files, isolation, record, report, results, summary, sweep
 from batchlab.config import grid_points
@@ -33,6 +33,7 @@ FAST = [
     "--bandwidth=1e10",
     "--noplot",
     "--predict_for=",
+    NO_MODEL_FLAG,
 ]
 TINY = ["--model=mlp", "--depths=1", "--widths=16", *FAST]
 BATCHES = "--batch_sizes=1,2,3,4,5,6,7,8"

@@ -74,11 +74,26 @@ def _write(config: ReportConfig, read: sources.Sources, note, problems: list[str
         _fold("Devices: ceilings measured and on the datasheet", measured.devices(read, devices)),
         _fold('C5: the "216 vs 108" derivation', measured.derivation(devices)),
         _fold("The sweeps: knees, critical batches, plots", sweeps),
+        _model_errors(read),
         _fold("How this was run", _runs(read)),
     ]
     path = os.path.join(config.out_dir, REPORT)
     files.write_atomic(path, "\n\n".join(b for b in blocks if b) + "\n")
     return path
+
+
+def _model_errors(read: sources.Sources) -> str:
+    """The per-kernel model's error per family and device, folded ("" without one)."""
+    table = measured.model_error_table(read.records())
+    if not table:
+        return ""
+    note = (
+        "|measured / predicted - 1| of the per-kernel model (`prediction.model_s`: the "
+        "per-call floor plus each kernel of the compiled program priced from a device "
+        "profile measured on microbenchmarks, never fitted to these points) and of the "
+        "roofline lower bound, over the same points."
+    )
+    return _fold("The per-kernel model: its error per family and device", f"{note}\n\n{table}")
 
 
 def _fold(title: str, body: str) -> str:
@@ -242,28 +257,37 @@ def _predictions(config: ReportConfig, claim: claims.Claim, read, warn) -> str:
             "not on the device, so the roofline has nothing to predict."
         )
     rows = []
-    for device, records in read.by_device().items():
-        v, _ = _judge(claim, record.as_predicted_all(records), warn)
-        if v.status != vd.NOT_MEASURED:
-            rows.append([f"{device}: its ceilings, empty-call floor", _status(v.status), v.text])
     every = claims.records_of(claim, read.records())
     dtypes = {r["dtype"] for r in every}
-    for target in record.targets(every):
-        if target.split("|")[0] not in config.predict_for:
-            continue
-        # One prediction per point and target, whichever device measured it.
-        points = {(r["config_name"], r["id"]): r for r in record.on_datasheet_all(every, target)}
-        v, _ = _judge(claim, list(points.values()), warn)
-        rows.append(
-            [f"{record.target_label(target, dtypes)}, predicted", _status(v.status), v.text]
-        )
+    for by, what in ((record.ROOFLINE, "roofline"), (record.MODEL, "per-kernel model")):
+        for device, records in read.by_device().items():
+            v, _ = _judge(claim, record.as_predicted_all(records, by), warn)
+            if v.status != vd.NOT_MEASURED:
+                where = "its ceilings, empty-call floor" if by == record.ROOFLINE else "its profile"
+                rows.append([f"{device}: {what}, {where}", _status(v.status), v.text])
+        for target in record.targets(every):
+            if target.split("|")[0] not in config.predict_for:
+                continue
+            # One prediction per point and target, whichever device measured it.
+            found = record.on_datasheet_all(every, target, by)
+            if not found:
+                continue
+            points = {(r["config_name"], r["id"]): r for r in found}
+            v, _ = _judge(claim, list(points.values()), warn)
+            label = record.target_label(target, dtypes)
+            if by == record.MODEL:
+                label += " (datasheet model, not validated)"
+            rows.append([f"{label}: {what}", _status(v.status), v.text])
     merged: dict[tuple, list[str]] = {}  # devices with the same verdict and reason: one row
     for device, status, why in rows:
         merged.setdefault((status, why), []).append(device)
     rows = [[", ".join(devices), status, why] for (status, why), devices in merged.items()]
     return (
         "Predicted by the roofline (lower bound max(FLOPs/P, bytes/BW), plus the empty-call "
-        "floor where it was measured; datasheet devices have no overhead roof):\n\n"
+        "floor where it was measured; datasheet devices have no overhead roof) and by the "
+        "per-kernel model (the per-call floor plus each compiled kernel priced from a "
+        "device profile: measured, or built from the datasheet row with stated "
+        "efficiencies and launch costs):\n\n"
         + md.table(["predicted for", "predicted verdict", "why"], rows)
     )
 

@@ -167,6 +167,7 @@ def sweeps(out_dir: str, read: sources.Sources) -> str:
                 "series",
                 "predicted b* (weights only / with activations)",
                 "measured knee",
+                "model knee",
                 "knee / b*",
                 "working set at the knee",
                 "regime at the knee",
@@ -175,6 +176,34 @@ def sweeps(out_dir: str, read: sources.Sources) -> str:
         )
         out.append("\n\n".join(x for x in (head, images, table if rows else "") if x))
     return "\n\n".join(out)
+
+
+def model_error_table(records: list[dict]) -> str:
+    """The per-kernel model's error beside the roofline lower bound's, per family and
+    device and over all, from the stored predictions ("" when no point carries one)."""
+    by = analysis.prediction_errors(records, lambda r: (r["model"], record.device_label(r)))
+    if not by:
+        return ""
+    every = {"model": [], "roofline": []}
+    rows = []
+    for (family, device), e in sorted(by.items()):
+        every["model"] += e["model"]
+        every["roofline"] += e["roofline"]
+        rows.append([family, device, *_error_cells(e)])
+    rows.append(["**all**", "", *_error_cells(every)])
+    head = ["family", "device", "points"]
+    for who in ("model", "roofline"):
+        head += [f"{who} median", f"{who} p90", f"{who} <=10%", f"{who} <=20%"]
+    return md.table(head, rows)
+
+
+def _error_cells(e: dict) -> list[str]:
+    m, r = analysis.ErrorStats.of(e["model"]), analysis.ErrorStats.of(e["roofline"])
+    cells = [str(m.points)]
+    for s in (m, r):
+        cells += [f"{s.median:.3f}", f"{s.p90:.3f}"]
+        cells += [f"{100 * s.within_10:.0f}%", f"{100 * s.within_20:.0f}%"]
+    return cells
 
 
 def _batch(b: float | None) -> str:
@@ -192,11 +221,13 @@ def _knee_cells(points: list[dict]) -> list[str]:
     else:
         predicted = f"{_batch(record.b_star(last, False))} / {_batch(record.b_star(last))}"
     knee = analysis.fit_knee(*analysis.times(points))
+    model = analysis.model_knee(points)
+    model = "-" if model is None else (f"{model.batch:.1f}" if model.found else model.text())
     if not knee.found:
-        return [predicted, knee.text(), "-", "-", "-"]
+        return [predicted, knee.text(), model, "-", "-", "-"]
     at = min(points, key=lambda r: abs(np.log(r["batch"] / knee.batch)))
     ws = at.get("working_set", {})
     fits = f"{ws.get('fits_in', '?')} ({ws.get('bytes', 0) / 2**20:.3g} MiB at b={at['batch']})"
     b_a = record.b_star(last)
     ratio = f"{knee.batch / b_a:.2f}" if b_a else "-"
-    return [predicted, f"{knee.batch:.1f}", ratio, fits, at["prediction"]["regime"]]
+    return [predicted, f"{knee.batch:.1f}", model, ratio, fits, at["prediction"]["regime"]]

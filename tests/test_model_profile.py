@@ -1,0 +1,201 @@
+"""The device profile (batchlab.profile) and the per-kernel model in a sweep: what is
+measured, stored and re-measured, what the records carry, and what readers make of it."""
+
+import json
+import os
+
+import jax
+import pytest
+from conftest import make_config, run_cli, run_in_process, synthetic
+from test_kernels import PROFILE
+
+from batchlab import (
+    analysis,
+    errors,
+    hardware,
+    kernel_model,
+    kernels,
+    profile,
+    record,
+    results,
+    summary,
+)
+from batchlab.numerics import Numerics
+from batchlab.roofline import Ceilings
+
+F32 = Numerics()
+# Every table, at shapes small enough to measure in seconds.
+TINY_PLAN = profile.Plan(
+    matmul_m=(1, 4),
+    matmul_d=(64,),
+    cold_m=(1,),
+    stream_bytes=(2**10, 2**14, 2**16),
+    cold_bytes=2**20,
+    conv=((8, 3, 8, 1), (8, 1, 8, 1)),
+    batched=((2, 16, 8, 1),),
+    max_flops=1e9,
+)
+
+
+def test_every_table_is_measured_on_a_tiny_plan():
+    got = profile.measure(F32, p=TINY_PLAN)
+    assert set(got["tables"]) == set(profile.TABLES)
+    assert 0 < got["floor_s"] < 1e-2 and 0 <= got["launch_s"] < 1e-3
+    t = got["tables"]
+    # Each matmul shape warm, and cold at the batches that stream weights.
+    assert sorted((m, d, c) for m, d, c, _ in t["matmul"]) == [
+        (1, 64, 0),
+        (1, 64, 1),
+        (4, 64, 0),
+    ]
+    assert [r[:4] for r in t["conv"]] == [[8, 3, 64, 1], [8, 1, 64, 1]]
+    assert [r[:3] for r in t["batched"]] == [[2, 16, 8]]
+    # Bytes tables: one row per size, bytes as moved (a stream reads and writes).
+    assert [r[0] for r in t["stream"]] == [2 * 2**10, 2 * 2**14, 2 * 2**16]
+    assert [r[0] for r in t["gather"]] == [2**14]  # every other size from 16 KiB
+    for name, rows in t.items():
+        assert rows and all(r[-1] > 0 for r in rows), name
+
+
+def write_profile(path, entry=PROFILE, device_kind="cpu", stamp=None):
+    stamp = stamp or {"profile_version": profile.VERSION, "jax": jax.__version__}
+    body = {profile.key(device_kind, F32): dict(entry, stamp=stamp)}
+    path.write_text(json.dumps(body))
+
+
+def test_a_stored_profile_is_used_and_a_stale_one_measured_again(tmp_path, monkeypatch):
+    device = jax.devices()[0]
+    path = tmp_path / "profile.json"
+    write_profile(path, device_kind=device.device_kind)
+    calls = []
+    monkeypatch.setattr(
+        profile, "measure", lambda *a, names=(), **k: calls.append(tuple(names)) or _fresh(names)
+    )
+    store = profile.Store(str(path), device, F32)
+    assert store.profile(["matmul", "conv"])["tables"]["matmul"] == PROFILE["tables"]["matmul"]
+    assert calls == []  # all there, stamped by this version: nothing measured
+    write_profile(path, device_kind=device.device_kind, stamp={"profile_version": -1})
+    got = store.profile(["stream"])
+    assert calls == [(), ("stream",)]  # the floor first, then the one table asked for
+    assert got["tables"] == {"stream": [[1, 1.0]]}
+    on_disk = json.loads(path.read_text())[profile.key(device.device_kind, F32)]
+    assert on_disk["stamp"]["profile_version"] == profile.VERSION
+    store.profile(["conv"])  # a table not yet measured is added, the rest kept
+    assert calls[-1] == ("conv",)
+    assert set(json.loads(path.read_text())[store.key]["tables"]) == {"stream", "conv"}
+
+
+def _fresh(names):
+    return {"floor_s": 1e-6, "launch_s": 1e-7, "tables": {n: [[1, 1.0]] for n in names}}
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"cpu|float32|default": {"tables": {}}}', '{"k": 3}'])
+def test_a_corrupt_profile_is_refused_in_one_line(tmp_path, text):
+    path = tmp_path / "profile.json"
+    path.write_text(text)
+    store = profile.Store(str(path), jax.devices()[0], F32)
+    with pytest.raises(errors.ConfigError) as e:
+        store.profile()
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert path.read_text() == text  # nothing written
+
+
+def _model_sweep(tmp_path, **kw):
+    path = tmp_path / "profile.json"
+    write_profile(path, device_kind=jax.devices()[0].device_kind)
+    cfg = make_config(
+        str(tmp_path / "out"),
+        batch_sizes=("1", "4", "16"),
+        model_profile=str(path),
+        predict_for=("h100_sxm",),
+        **kw,
+    )
+    run_in_process(cfg)
+    return cfg, results.load(os.path.join(cfg.out_dir, results.RESULTS))
+
+
+def test_a_sweep_records_the_models_prediction_from_its_own_kernels(tmp_path):
+    cfg, recs = _model_sweep(tmp_path)
+    assert [r["batch"] for r in recs] == [1, 4, 16]
+    cache = max(hardware.cache_levels("cpu", hardware.lookup("cpu")).values(), default=0)
+    for r in recs:
+        ks = [kernels.Kernel.from_dict(k) for k in r["kernels"]]
+        assert {k.cls for k in ks} >= {"matmul"}
+        p = r["prediction"]
+        # The same profile, the stored kernels and working set: the same time, independently.
+        want = kernel_model.predict(ks, PROFILE, r["working_set"]["bytes"], cache)
+        assert p["model_s"] == pytest.approx(want.model_s, rel=1e-9)
+        assert p["model_error"] == pytest.approx(r["time"]["median_s"] / p["model_s"] - 1)
+        assert p["model_text"] and "matmul" in p["model_kernels"][0]["kernels"] + p["model_text"]
+        assert p["model_source"].startswith("profile measured here")
+        h100 = r["predicted"][record.target_key("h100_sxm", F32)]["prediction"]
+        assert h100["model_source"] == "datasheet model, not validated"
+        # The datasheet model has a floor and launches: never under the roofline bound.
+        assert h100["model_s"] > h100["lower_s"]
+        assert r["compile"]["kernels_s"] < r["compile"]["compile_s"] + 0.05
+    text = summary.table(recs)
+    assert "model ms" in text and "per-kernel model vs measurement" in text
+    on_h100 = record.on_datasheet_all(recs, record.target_key("h100_sxm", F32), record.MODEL)
+    assert [r["time"]["median_s"] for r in on_h100] == [
+        r["predicted"][record.target_key("h100_sxm", F32)]["prediction"]["model_s"] for r in recs
+    ]
+
+
+def test_recalibrate_measures_the_outdirs_profile_again_but_keeps_a_named_one(tmp_path):
+    from batchlab import sweep
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / results.PROFILE).write_text("{}")
+    named = tmp_path / "mine.json"
+    named.write_text("{}")
+    sweep.forget_calibration(make_config(str(out), model_profile=str(named)))
+    assert (out / results.PROFILE).exists() and named.exists()
+    sweep.forget_calibration(make_config(str(out), model_profile="auto"))
+    assert not (out / results.PROFILE).exists() and named.exists()
+
+
+def test_model_profile_off_records_no_model_and_readers_do_without(tmp_path):
+    cfg = make_config(str(tmp_path / "out"), model_profile="off")
+    run_in_process(cfg)
+    recs = results.load(os.path.join(cfg.out_dir, results.RESULTS))
+    assert recs and not any("model_s" in r["prediction"] for r in recs)
+    assert analysis.prediction_errors(recs) == {}
+    assert record.as_predicted_all(recs, record.MODEL) == []
+    assert "per-kernel model vs" not in summary.table(recs)
+
+
+def test_an_empty_model_profile_flag_is_refused():
+    proc = run_cli("--model=mlp", "--model_profile=", "--dry_run")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --model_profile")
+
+
+CPU = Ceilings(peak_flops=100e9, bandwidth=20e9, source="calibrated")
+
+
+def test_a_point_faster_than_its_ceiling_is_flagged_and_others_are_not():
+    point = {"depth": 2, "width": 1024, "input_width": 0}
+    lower = synthetic("mlp", point, 1, F32, CPU, None)["prediction"]["lower_s"]
+    honest = synthetic("mlp", point, 1, F32, CPU, 1.5 * lower)
+    fast = synthetic("mlp", point, 1, F32, CPU, 0.8 * lower)  # past the bandwidth
+    assert honest["attained"]["above_ceiling"] == []
+    assert fast["attained"]["above_ceiling"] == ["bandwidth"]
+    assert analysis.above_ceiling([honest, fast]) == [fast]
+    assert "ceiling is too low" in summary.table([fast])
+    assert "ceiling is too low" not in summary.table([honest])
+
+
+def _with_model(r, seconds):
+    return r | {"prediction": r["prediction"] | {"model_s": seconds}}
+
+
+def test_the_model_knee_is_where_its_curve_leaves_the_flat_part():
+    point = {"depth": 2, "width": 1024, "input_width": 0}
+    batches = [1, 2, 4, 8, 16, 32, 64, 128]
+    recs = [synthetic("mlp", point, b, F32, CPU, 1e-3) for b in batches]
+    flat_then_linear = [_with_model(r, max(1e-3, 1e-3 * b / 16)) for r, b in zip(recs, batches)]
+    knee = analysis.model_knee(flat_then_linear)
+    assert knee.found and knee.batch == pytest.approx(16, rel=0.15)
+    linear = [_with_model(r, 1e-4 * b) for r, b in zip(recs, batches)]
+    assert not analysis.model_knee(linear).found  # no flat part: no knee
+    assert analysis.model_knee(recs) is None  # no model stored
