@@ -5,6 +5,7 @@ import math
 import pytest
 
 from batchlab import hardware, roofline
+from batchlab.errors import ConfigError
 from batchlab.numerics import Numerics
 from batchlab.workloads import mlp
 from batchlab.workloads.base import Cost
@@ -85,26 +86,86 @@ def test_explain_prints_the_derivation_numbers():
     assert "8.1 TFLOP/s" in text
 
 
+# Real device_kind strings (jax.devices()[0].device_kind) and the one row each must get.
+REAL_KINDS = [
+    ("Tesla T4", "t4"),
+    ("NVIDIA A100-SXM4-80GB", "a100_80gb"),
+    ("NVIDIA A100-SXM4-40GB", "a100_40gb"),
+    ("NVIDIA A100 80GB PCIe", "a100_80gb_pcie"),
+    ("NVIDIA A100-PCIE-40GB", "a100_40gb_pcie"),
+    ("NVIDIA A10", "a10"),
+    ("NVIDIA A10G", "a10g"),
+    ("NVIDIA L4", "l4"),
+    ("NVIDIA L40S", "l40s"),
+    ("NVIDIA H100 80GB HBM3", "h100_sxm"),
+    ("NVIDIA H100 PCIe", "h100_pcie"),
+    ("NVIDIA H100 NVL", "h100_nvl"),
+    ("NVIDIA H200", "h200"),
+    ("NVIDIA H200 NVL", "h200_nvl"),
+    ("NVIDIA GH200 480GB", "gh200"),
+    ("NVIDIA GH200 144G HBM3e", "gh200_144gb"),
+    ("NVIDIA B200", "b200"),
+    ("TPU v3", "tpu_v3"),
+    ("TPU v4", "tpu_v4"),
+    ("TPU v5 lite", "tpu_v5e"),
+    ("TPU v5", "tpu_v5p"),
+    ("TPU v6 lite", "tpu_v6e"),
+    ("TPU7x", "tpu7x"),
+]
+
+
+@pytest.mark.parametrize("kind,key", REAL_KINDS)
+def test_each_real_device_kind_matches_exactly_its_row(kind, key):
+    assert [s.key for s in hardware.matches(kind)] == [key]  # one row, not the first of two
+    assert hardware.lookup(kind).key == key
+    assert hardware.lookup(f"  {kind.upper()} ").key == key  # case and spaces do not matter
+
+
 @pytest.mark.parametrize(
-    "kind,key",
+    "kind",
     [
-        ("Tesla T4", "t4"),
-        ("NVIDIA A100-SXM4-80GB", "a100_80gb"),
-        ("NVIDIA A100-SXM4-40GB", "a100_40gb"),
-        ("NVIDIA A10", "a10"),
-        ("NVIDIA H100 80GB HBM3", "h100_sxm"),
-        ("NVIDIA H100 PCIe", "h100_pcie"),
-        ("NVIDIA H200", "h200"),
-        ("TPU v5 lite", "tpu_v5e"),
-        ("TPU v4", "tpu_v4"),
+        "cpu",
+        "TPU v4 lite",  # the v4i inference chip: not a v4, and no row of its own
+        "TPU v2",
+        "NVIDIA A100-SXM4-80GB MIG 3g.40gb",  # a MIG slice has a fraction of the card
+        "NVIDIA H100 NVL MIG 1g.12gb",
+        "NVIDIA H800",
+        "NVIDIA A10G-X",
+        "NVIDIA GeForce RTX 4090",
+        "NVIDIA H200 NVL2",
+        "Quadro RTX T4000",
+        "",
     ],
 )
-def test_device_kind_lookup(kind, key):
-    assert hardware.lookup(kind).key == key
+def test_unknown_device_kinds_get_no_row(kind):
+    assert hardware.matches(kind) == [] and hardware.lookup(kind) is None
 
 
-def test_cpu_has_no_datasheet_row():
-    assert hardware.lookup("cpu") is None
+def test_every_row_names_its_source_and_predict_for_keys_still_work():
+    for spec in hardware.DATASHEET.values():
+        assert spec.source, spec.key
+        assert spec.bandwidth > 0 and spec.memory_bytes > 0 and spec.fp32 > 0
+    for key in ("t4", "a100_40gb", "a100_80gb", "h100_sxm", "h100_pcie", "h200", "tpu_v5e"):
+        assert hardware.by_key(key).key == key
+    with pytest.raises(ConfigError, match="unknown device 'h100'"):
+        hardware.by_key("h100")
+
+
+def test_rows_differ_where_the_parts_do():
+    sheet = hardware.DATASHEET
+    assert sheet["a100_80gb_pcie"].bandwidth == 1935e9 < sheet["a100_80gb"].bandwidth == 2039e9
+    assert sheet["h100_nvl"].memory_bytes == 94e9 and sheet["h100_nvl"].bandwidth == 3900e9
+    assert sheet["h200_nvl"].bf16 == pytest.approx(835.5e12)
+    assert sheet["h200"].bf16 == pytest.approx(989.4e12)
+    assert sheet["gh200"].bandwidth == 4000e9 < sheet["gh200_144gb"].bandwidth
+    # fp8 where the part has it (Hopper, Ada, Blackwell, TPU7x); int8 on Ampere and T4.
+    assert sheet["h100_sxm"].fp8 == pytest.approx(2 * sheet["h100_sxm"].bf16, rel=1e-3)
+    assert sheet["l40s"].fp8 == pytest.approx(733e12)
+    assert sheet["a100_80gb"].fp8 is None and sheet["a100_80gb"].int8 == 624e12
+    assert sheet["t4"].int8 == 130e12 and sheet["t4"].fp8 is None
+    # A chip that shows JAX two devices gets half a chip per row.
+    assert sheet["tpu7x"].bf16 == pytest.approx(2307e12 / 2)
+    assert sheet["tpu_v3"].memory_bytes == 16 * 2**30
 
 
 def test_peak_flops_follows_dtype_and_precision():
@@ -115,6 +176,8 @@ def test_peak_flops_follows_dtype_and_precision():
     assert hardware.peak_flops(h100, Numerics("float32", "highest"))[0] == 67e12
     assert hardware.peak_flops(h100, Numerics("bfloat16"))[0] == pytest.approx(989.4e12)
     assert hardware.peak_flops(v5e, Numerics("float32", "highest"))[0] == pytest.approx(197e12 / 6)
+    # The stated TPU assumption: float32 at default precision is one bf16 pass.
+    assert hardware.peak_flops(v5e, Numerics("float32")) == (197e12, "bf16 MXU x1 passes")
 
 
 def test_fits_in_picks_the_smallest_cache():
