@@ -38,6 +38,11 @@ BYTES_TABLE = {
 }
 
 
+# A copy that moves contiguous runs of at least this many elements (64 B in fp32) is a
+# block copy, priced as a stream; shorter runs (a true transpose) use the copy table.
+BLOCK_RUN = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelTime:
     kernel: Kernel
@@ -100,6 +105,18 @@ def describe(k: Kernel) -> str:
     return k.cls.replace("_", " ")
 
 
+def _no_slower_than_larger(rows: list) -> list:
+    """Matmul rows (m, d, cold, s) with each time capped by the times of larger M at the
+    same width: a product of fewer rows can always be run as a larger one (padded), so a
+    smaller one measured slower was caught by noise or a poor path the model should not
+    expect."""
+    out = []
+    for r in rows:
+        larger = [q[3] for q in rows if q[1] == r[1] and q[0] > r[0]]
+        out.append([*r[:3], min([r[3], *larger])])
+    return out
+
+
 class Lookup:
     """A profile's tables as sorted log-space arrays, built once and queried per kernel."""
 
@@ -122,7 +139,7 @@ class Lookup:
         # matmul: seconds per FLOP on a grid of (log M) per width; cold where measured.
         self.matmul = {}
         for cold in (0, 1):
-            use = [r for r in t.get("matmul", []) if r[2] == cold]
+            use = _no_slower_than_larger([r for r in t.get("matmul", []) if r[2] == cold])
             self.matmul[cold] = self._grid((r[0], r[1], r[3] / (2 * r[0] * r[1] ** 2)) for r in use)
         self.cold_m = max((r[0] for r in t.get("matmul", []) if r[2] == 1), default=0)
         # conv: seconds per FLOP on a grid of (log outputs) per channel count, per kernel.
@@ -183,6 +200,8 @@ class Lookup:
             grid = self.conv.get(side) or next(iter(self.conv.values()))
             c = math.sqrt(k.dim("c_in") * k.dim("c_out"))
             return max(k.flops, 1.0) * self._at(grid, max(k.dim("outputs"), 1), c)
+        if k.cls == "copy" and k.dim("run") >= BLOCK_RUN:  # rows moved whole: it streams
+            return self._bytes_seconds(self.bytes["stream"], k.bytes)
         return self._bytes_seconds(self.bytes[BYTES_TABLE.get(k.cls, "stream")], k.bytes)
 
 

@@ -113,6 +113,14 @@ class Shape:
     dtype: str = ""
     dims: tuple[int, ...] = ()
     parts: tuple["Shape", ...] = ()
+    layout: tuple[int, ...] = ()  # minor-to-major, as the HLO gives it ({} -> default)
+
+    @property
+    def minor(self) -> int | None:
+        """The logical dimension stored contiguously (None for a scalar)."""
+        if not self.dims:
+            return None
+        return self.layout[0] if self.layout else len(self.dims) - 1
 
     @property
     def elements(self) -> int:
@@ -135,7 +143,7 @@ class Instruction:
     root: bool = False
 
 
-_ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
+_ARRAY = re.compile(r"(\w+)\[([\d,]*)\](?:\{([\d,]*)[:}])?")
 _NAME = re.compile(r"%([\w.\-]+)")
 
 
@@ -172,7 +180,8 @@ def parse_shape(text: str) -> Shape:
     if not m:
         return Shape("token" if text.startswith("token") else "", ())
     dims = tuple(int(d) for d in m.group(2).split(",") if d)
-    return Shape(m.group(1), dims)
+    layout = tuple(int(d) for d in (m.group(3) or "").split(",") if d)
+    return Shape(m.group(1), dims, layout=layout)
 
 
 def parse_instruction(line: str) -> Instruction | None:
@@ -368,7 +377,7 @@ def _computation_kernels(name: str, ctx: _Context, multiplier: int = 1) -> list[
             cls = _class(i.opcode for i in inner)
             flops = sum(_flops(i, inner_shapes) for i in inner)
             read, written = _fusion_bytes(inst, inner)
-            dims = ()
+            dims = _copy_dims(inner) if cls == "copy" else ()
             # A fusion of a dot and a convolution is the kind of its larger one.
             heavy = [i for i in inner if i.opcode in ("dot", "convolution")]
             if heavy:
@@ -414,10 +423,34 @@ def _computation_kernels(name: str, ctx: _Context, multiplier: int = 1) -> list[
             elif op in ("dynamic-slice", "slice", "gather") and inst.operands:
                 read = read - float(shapes[inst.operands[0]].nbytes) + written
             dims = _dims(inst, shapes) if op in ("dot", "convolution") else ()
+            if cls == "copy":
+                dims = _copy_dims([i for i in body if i.name in inst.operands] + [inst], inst)
             out.append(
                 Kernel(cls, _flops(inst, shapes), read, written, dims, multiplier, inst.name)
             )
     return out
+
+
+def _copy_dims(body: list[Instruction], root: Instruction | None = None):
+    """(("run", n),) for a copy or transpose that keeps its source's contiguous dimension
+    contiguous (it moves rows of n elements: a block copy), () for one that does not (a
+    true transpose, element by element) or that cannot be traced (through a bitcast)."""
+    by_name = {i.name: i for i in body}
+    inst = root or next((i for i in body if i.root), None)
+    if inst is None or inst.shape.parts:
+        return ()
+    dim = inst.shape.minor  # follow the output's contiguous dimension back to its source
+    while inst.opcode in ("copy", "transpose") and dim is not None:
+        if inst.opcode == "transpose":
+            perm = _attr_list(inst.attrs, "dimensions")
+            dim = perm[dim] if dim < len(perm) else None
+        src = by_name.get(inst.operands[0]) if inst.operands else None
+        if src is None:
+            return ()
+        inst = src
+    if dim is None or dim != inst.shape.minor:  # the source as stored (a bitcast's too)
+        return ()
+    return (("run", inst.shape.dims[dim]),)
 
 
 def _dims(inst: Instruction, shapes: dict[str, Shape]) -> tuple[tuple[str, int], ...]:

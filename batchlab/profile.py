@@ -9,8 +9,9 @@ to sweep points. Shapes are chosen from the platform and its memory by `plan` (a
 function), so tests on a CPU check what a GPU or TPU would measure.
 
 Tables:
-  matmul         (m, d, cold) -> s: y_MxD = x_MxD · w_DxD; cold rotates weight copies
-                 over more than the last cache level, so they stream from memory
+  matmul         (m, d, cold) -> s: one y_MxD = x_MxD · w_DxD, in a chain of CHAIN; cold
+                 rotates weight copies over more than the last cache level, so they
+                 stream from memory
   batched        (b, m, k, n) -> s: attention-shaped batched products over a KV cache
   conv           (c, kernel, pixels, batch) -> s: one SAME k x k convolution, C -> C
   stream, reduction, copy, reduce_window, gather, scatter: bytes moved -> s, over
@@ -28,9 +29,10 @@ import jax.numpy as jnp
 from batchlab import files, hardware, kernels, timing
 from batchlab.numerics import Numerics
 
-VERSION = 1
+VERSION = 2  # 2: matmuls in chains; the smallest streams
 SPEC = timing.TimingSpec(target_spread=0.05, time_budget_s=0.12, min_reps=5, warmup_reps=2)
 MAX_FLOPS = 2e9  # per matmul point on a CPU: beyond, the rate is flat (compute-bound)
+CHAIN = 4  # dependent matmuls per measured program
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,11 +117,17 @@ class _Rand:
         key = jax.random.fold_in(jax.random.PRNGKey(7), self.n)
         return jax.device_put(jax.random.normal(key, shape, self.dtype), self.device)
 
+    def scale(self, base, c: float):
+        """A distinct buffer of base's shape (base times c)."""
+        return _scale(base, jnp.asarray(c, base.dtype))
+
     def copies(self, base, total_bytes: int):
         """Distinct buffers of `base` summing past `total_bytes`."""
         n = max(1, -(-total_bytes // base.nbytes))
-        scale = jax.jit(lambda x, c: x * c)
-        return [base] + [scale(base, jnp.asarray(1 + i / 64, base.dtype)) for i in range(1, n)]
+        return [base] + [self.scale(base, 1 + i / 64) for i in range(1, n)]
+
+
+_scale = jax.jit(lambda x, c: x * c)
 
 
 class _Measure:
@@ -136,18 +144,35 @@ class _Measure:
         return jnp.matmul(x, w, precision=self.prec)
 
     def matmul(self) -> list:
+        """Chains of CHAIN dependent products x·w1·w2·... with distinct weights, per
+        product: inside a program, matmuls run back to back (a lone one in a program of
+        its own measures the thread pool waking as much as the product)."""
         rows, p, rand = [], self.p, self.rand
+
+        def chain(x, *ws):
+            for w in ws:
+                x = self.mm(x, w)
+            return x
+
         for d in p.matmul_d:
-            w = rand(d, d)
-            big = d * d * self.numerics.itemsize * 2 >= p.cold_bytes
-            colds = [w] if big else rand.copies(w, p.cold_bytes)
+            ws = [rand(d, d) for _ in range(CHAIN)]
+            weight_bytes = CHAIN * d * d * self.numerics.itemsize
+            # Cold: sets of CHAIN weights rotated over more than the last cache level.
+            colds = [ws]
+            if weight_bytes * 2 < p.cold_bytes:
+                colds += [
+                    [rand.scale(w, 1 + i / 64) for w in ws]
+                    for i in range(1, -(-p.cold_bytes // weight_bytes))
+                ]
             for m in p.matmul_m:
                 if 2 * m * d * d > p.max_flops and m > 1:
                     continue
                 x = rand(m, d)
-                rows.append([m, d, 0, self.net(_timed(self.mm, [(x, w)]))])
+                per = self.net(_timed(chain, [(x, *ws)])) / CHAIN
+                rows.append([m, d, 0, per])
                 if m in p.cold_m:
-                    rows.append([m, d, 1, self.net(_timed(self.mm, [(x, c) for c in colds]))])
+                    per = self.net(_timed(chain, [(x, *c) for c in colds])) / CHAIN
+                    rows.append([m, d, 1, per])
             del colds
         return rows
 

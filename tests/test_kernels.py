@@ -171,3 +171,36 @@ def test_the_model_interpolates_and_extrapolates_in_log_space():
     # Past the largest size, linear in bytes.
     big = kernels.Kernel("copy", 0, 1e9, 0)
     assert lookup.seconds(big, cold=False) == pytest.approx(1.0)  # 1e8 B in 0.1 s
+
+
+def test_a_transpose_that_keeps_rows_contiguous_is_a_block_copy():
+    x = jnp.ones((4, 128, 8, 64))
+    blocks = timing.compile_ahead(lambda x: jnp.transpose(x, (0, 2, 1, 3)), (x,)).compiled
+    full = timing.compile_ahead(lambda x: jnp.transpose(x, (0, 2, 3, 1)), (x,)).compiled
+    (b,) = kernels.of_compiled(blocks)
+    (f,) = kernels.of_compiled(full)
+    assert (b.cls, b.dim("run", 0)) == ("copy", 64)  # rows of 64 elements move whole
+    assert (f.cls, f.dim("run", 0)) == ("copy", 0)  # element by element
+    assert b.bytes == f.bytes == 2 * x.nbytes
+    # The block copy streams; the true transpose is priced from the copy table.
+    lookup = kernel_model.Lookup(PROFILE)
+    assert lookup.seconds(b, cold=False) == pytest.approx(
+        lookup.seconds(kernels.Kernel("elementwise", 0, b.bytes, 0), cold=False)
+    )
+    assert lookup.seconds(f, cold=False) != lookup.seconds(b, cold=False)
+
+
+def test_a_smaller_matmul_measured_slower_than_a_larger_one_is_capped():
+    noisy = dict(PROFILE, tables=dict(PROFILE["tables"]))
+    # M=4 at width 64 measured 100x slower than M=64 (a glitch): priced as M=64's time.
+    noisy["tables"]["matmul"] = [
+        r if (r[0], r[1], r[2]) != (4, 64, 0) else [4, 64, 0, 1e-3]
+        for r in PROFILE["tables"]["matmul"]
+    ]
+    at_64 = next(r[3] for r in PROFILE["tables"]["matmul"] if r[:3] == [64, 64, 0])
+    mm = kernels.Kernel("matmul", 2 * 4 * 64 * 64, 0, 0, (("k", 64), ("m", 4), ("n", 64)))
+    assert kernel_model.Lookup(noisy).seconds(mm, cold=False) == pytest.approx(at_64)
+    # An honest profile (time growing with M) is left as it is.
+    assert kernel_model.Lookup(PROFILE).seconds(mm, cold=False) == pytest.approx(
+        1e-9 * 2 * 4 * 64 * 64
+    )
