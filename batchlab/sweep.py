@@ -258,12 +258,13 @@ def measure_point(
     distributed.barrier(f"time {point_id(config.model, point, batch)}")
     stats = timing.time_calls(call, config.timing, agree)
     if config.profile_dir and (not config.profile_batches or batch in config.profile_batches):
-        # A few calls after timing, so the trace shows the steady state, not compilation.
-        with jax.profiler.trace(
-            os.path.join(config.profile_dir, _slug(point_id(config.model, point, batch)))
-        ):
+        # A few calls after timing, so the trace shows the steady state, not compilation;
+        # each is annotated with the point's id, so XProf and Perfetto name the point.
+        pid = point_id(config.model, point, batch)
+        with jax.profiler.trace(os.path.join(config.profile_dir, _slug(pid))):
             for i in range(3):
-                call(i)
+                with jax.profiler.TraceAnnotation(pid, call=i):
+                    call(i)
     # What repeated calls cycle through: every weight copy, plus this call's other bytes.
     working_set = cost.total_bytes + cost.weight_bytes * (config.weight_copies - 1)
     point_for_cost = point | work.resolved

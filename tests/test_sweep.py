@@ -1,5 +1,6 @@
 """The sweep engine end to end: records, resume, failures, isolation, plots."""
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -214,5 +215,10 @@ def test_profile_traces_and_compilation_cache(tmp_path):
     traced = os.listdir(trace)
     assert traced == ["mlp__depth2_input_width0_width64__b4"]  # only the selected batch
     assert list((trace / traced[0]).rglob("*.xplane.pb"))
+    # Each traced call is annotated with the point's id (what XProf and Perfetto show).
+    (events,) = list((trace / traced[0]).rglob("*.trace.json.gz"))
+    names = {e.get("name") for e in json.loads(gzip.decompress(events.read_bytes()))["traceEvents"]}
+    assert "mlp/depth=2,input_width=0,width=64/b=4" in names
+    assert "mlp/depth=2,input_width=0,width=64/b=1" not in names
     assert any(name.startswith("jit_apply") for name in os.listdir(cache))
     assert all(r["compile"]["cache_dir"] == str(cache) for r in load(out))
