@@ -26,6 +26,7 @@ class SweepConfig:
     timing: TimingSpec = TimingSpec()
     seed: int = 0
     weight_copies: int = 1  # >1 rotates weight copies so each call reads cold weights
+    rounds: int = 1  # >1 measures the grid this many times, interleaved (record.ROUND)
     ceilings: str = "auto"  # where peak FLOP/s and bandwidth come from
     peak_flops: float | None = None  # overrides, FLOP/s and B/s
     bandwidth: float | None = None
@@ -54,15 +55,19 @@ class SweepConfig:
     def fingerprint(self) -> dict:
         """What makes two result sets comparable: a rerun into the same directory must
         match it. Grid values are left out, so a grid can be extended and resumed."""
-        return {
-            "model": self.model,
-            "dtype": self.numerics.dtype,
-            "precision": self.numerics.precision,
-            "seed": self.seed,
-            "weight_copies": self.weight_copies,
-            "family_modules": list(self.family_modules),
-            "mesh": [list(axis) for axis in self.mesh],
-        } | ({"config_name": self.config_name} if self.config_name else {})
+        return (
+            {
+                "model": self.model,
+                "dtype": self.numerics.dtype,
+                "precision": self.numerics.precision,
+                "seed": self.seed,
+                "weight_copies": self.weight_copies,
+                "family_modules": list(self.family_modules),
+                "mesh": [list(axis) for axis in self.mesh],
+            }
+            | ({"config_name": self.config_name} if self.config_name else {})
+            | ({"rounds": self.rounds} if self.rounds > 1 else {})
+        )
 
     def prediction_targets(self) -> list[tuple[str, Numerics]]:
         """(datasheet key, numerics) of each --predict_for target."""
@@ -140,6 +145,9 @@ def validate(config: SweepConfig) -> None:
     _positive("min_reps", t.min_reps)
     _positive("warmup_reps", t.warmup_reps, allow_zero=True)
     _positive("weight_copies", config.weight_copies)
+    _positive("rounds", config.rounds)
+    if config.rounds > 1 and config.distributed:
+        raise ConfigError("--rounds: one round only with --distributed (a single process decides)")
     _positive("peak_flops", config.peak_flops)
     _positive("point_timeout_s", config.point_timeout_s, allow_zero=True)
     _positive("num_shards", config.num_shards)

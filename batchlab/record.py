@@ -3,8 +3,10 @@ its shape: the point id, the series key, the builders of measured, failed and pr
 records and of router training's records, the fields a reader may rely on, the device
 label, and how schema 1 is read.
 
-A record's `kind` says what made it: a sweep point (SWEEP), a router-training step
-(TRAIN_STEP) or a trained router evaluated on fresh tokens (ROUTER_EVAL). Its `origin`
+A record's `kind` says what made it: a sweep point (SWEEP), one round of a point measured
+with --rounds (ROUND: the sweep combines a point's rounds into its SWEEP record), a
+router-training step (TRAIN_STEP) or a trained router evaluated on fresh tokens
+(ROUTER_EVAL). Its `origin`
 says whether its time was measured or is a roofline prediction built by a reader
 (`as_predicted`, `on_datasheet`); predicted records are never written to results files.
 WORKSPACE.md lists every field.
@@ -20,7 +22,7 @@ from batchlab.cost import Cost
 from batchlab.numerics import Numerics
 
 SCHEMA_VERSION = 2
-SWEEP, TRAIN_STEP, ROUTER_EVAL = "sweep", "train_step", "router_eval"
+SWEEP, ROUND, TRAIN_STEP, ROUTER_EVAL = "sweep", "round", "train_step", "router_eval"
 MEASURED, PREDICTED = "measured", "predicted"
 NO_CONFIG = ""  # config_name of a sweep not started from a named (seed) flagfile
 
@@ -309,6 +311,74 @@ def measured(
     )
 
 
+# ---- rounds (--rounds) -------------------------------------------------------------------
+
+
+def round_id(pid: str, r: int) -> str:
+    """The id of round `r` of point `pid` (its own id, so the duplicate rule keeps each)."""
+    return f"{pid}#round{r}"
+
+
+def as_round(rec: dict, r: int, rounds: int) -> dict:
+    """A measured point's record as round `r` of `rounds`."""
+    return (
+        rec
+        | {"kind": ROUND, "id": round_id(rec["id"], r), "point_id": rec["id"]}
+        | {
+            "round": r,
+            "rounds": rounds,
+        }
+    )
+
+
+def combine_rounds(rounds: list[dict]) -> dict:
+    """A point's SWEEP record from its ROUND records: the median of the rounds' medians,
+    each round's median, the spread between rounds against the spread within them, and
+    a 95% interval that holds every round's (between-round shifts are part of the
+    uncertainty). The rest (compile, kernels, predictions) is the last round's."""
+    rounds = sorted(rounds, key=lambda r: r["round"])
+    last, times = rounds[-1], [r["time"] for r in rounds]
+    medians = [t["median_s"] for t in times]
+    median = _median(medians)
+    within = _median([t["spread"] for t in times])
+    between = (max(medians) - min(medians)) / median
+    time = dict(last["time"]) | {
+        "median_s": median,
+        "min_s": min(t["min_s"] for t in times),
+        "mean_s": sum(t["mean_s"] for t in times) / len(times),
+        "iqr_s": _median([t["iqr_s"] for t in times]),
+        "count": sum(t["count"] for t in times),
+        "spread": within,
+        "unstable": any(t["unstable"] for t in times),
+        "rounds": len(rounds),
+        "round_medians_s": medians,
+        "between_round_spread": between,
+        "rounds_disagree": between > within,
+    }
+    for q in ("p10_s", "p90_s", "p99_s"):
+        if all(q in t for t in times):
+            time[q] = _median([t[q] for t in times])
+    if all("ci95_s" in t for t in times):
+        time["ci95_s"] = [min(t["ci95_s"][0] for t in times), max(t["ci95_s"][1] for t in times)]
+    out = {k: v for k, v in last.items() if k not in ("round", "rounds", "point_id")}
+    out |= {"kind": SWEEP, "id": last["point_id"], "time": time}
+    out["time_per_example_s"] = median / last["batch"]
+    p = dict(last["prediction"], rel_error=median / last["prediction"]["lower_s"] - 1)
+    if p.get("model_s"):
+        p["model_error"] = median / p["model_s"] - 1
+    out["prediction"] = p
+    out["attained"] = attained(
+        last.get("cost_per_device") or last["cost"], median, last["ceilings"]
+    )
+    return out
+
+
+def _median(values) -> float:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
 # ---- predicted records (readers) ---------------------------------------------------------
 
 
@@ -409,6 +479,7 @@ NUMBERS = {
     "ceilings": ("peak_flops", "bandwidth"),
 }
 REQUIRED_BY_KIND = {
+    ROUND: REQUIRED | {"round": int, "rounds": int, "point_id": str},
     TRAIN_STEP: {"method": str, "step": int, "metrics": dict, "provenance": dict},
     ROUTER_EVAL: {
         "method": str,

@@ -71,6 +71,7 @@ def table(records: list[dict], targets=None) -> str:
     if failed:
         lines.append(f"\n{len(failed)} point(s) failed:")
         lines += [f"  {r['id']}: {r.get('failure')}: {r.get('error')}" for r in failed]
+    lines += _rounds_lines(records)
     err = analysis.median_abs_rel_error(records)
     if err is not None:
         lines.append(
@@ -87,6 +88,28 @@ def table(records: list[dict], targets=None) -> str:
         )
     lines += [_above_ceiling_line(r) for r in analysis.above_ceiling(records)]
     return "\n".join(lines)
+
+
+def _rounds_lines(records: list[dict]) -> list[str]:
+    """With --rounds: how often whole rounds disagreed more than samples within one."""
+    rounded = [r for r in records if record.is_point(r) and "round_medians_s" in r["time"]]
+    if not rounded:
+        return []
+    apart = [r for r in rounded if r["time"]["rounds_disagree"]]
+    n = max(r["time"]["rounds"] for r in rounded)
+    lines = [
+        f"\n{n} rounds per point (medians of their medians): the spread between rounds "
+        f"exceeds the spread within them at {len(apart)} of {len(rounded)} points"
+    ]
+    for r in apart[:5]:
+        t = r["time"]
+        lines.append(
+            f"  {r['id']}: rounds {' '.join(fmt_time(m) for m in t['round_medians_s'])} "
+            f"(between {100 * t['between_round_spread']:.0f}%, within {100 * t['spread']:.0f}%)"
+        )
+    if len(apart) > 5:
+        lines.append(f"  and {len(apart) - 5} more")
+    return lines
 
 
 def _above_ceiling_line(r: dict) -> str:

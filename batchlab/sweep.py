@@ -455,6 +455,14 @@ def run(config: SweepConfig, log=print, mesh=None, argv=None) -> int:
     if not todo:
         log("nothing to measure: every point already has a result")
         return 0
+    work, rounds_of = rounds_order(config, todo, log) if writer else ([], {})
+    if config.rounds == 1:
+        work = [(point, batch, pid, None) for point, batch, pid in todo]
+    for pid, recs in rounds_of.items():  # every round in, the combined record not (a crash)
+        if len(recs) >= config.rounds and pid in todo_ids:
+            results.append(
+                os.path.join(config.out_dir, results.RESULTS), record.combine_rounds(recs)
+            )
     ceilings = share_of_host(resolve_ceilings(config, device), device, mesh)
     floor = timing.empty_call_floor(config.timing, device)
     caches = hardware.cache_levels(device.platform, hardware.lookup(device.device_kind))
@@ -474,7 +482,10 @@ def run(config: SweepConfig, log=print, mesh=None, argv=None) -> int:
     if writer:
         results.repair(results_path, log)  # so inflight's results_size starts a line
     started = time.perf_counter()
-    for n, (point, batch, pid) in enumerate(todo, 1):
+    failed_now: set[str] = set()
+    for n, (point, batch, pid, r) in enumerate(work, 1):
+        if pid in failed_now:  # failed in an earlier round: the point is recorded failed
+            continue
         tried = working_set_bytes(config, point, batch)
         if writer:
             # results_size: where this point's record will start, so that the supervisor
@@ -506,17 +517,54 @@ def run(config: SweepConfig, log=print, mesh=None, argv=None) -> int:
                 base = base | {"memory": memory}
             rec = record.failed(base, kind, reason, traceback.format_exc(limit=-TRACEBACK_FRAMES))
         if writer:
-            results.append(results_path, rec, warn=log)
+            for line in _records_to_write(config, rec, r, rounds_of, failed_now):
+                results.append(results_path, line, warn=log)
             os.remove(inflight)
-        left = (time.perf_counter() - started) / n * (len(todo) - n)
-        log(_progress_line(n, len(todo), rec, left))
+        left = (time.perf_counter() - started) / n * (len(work) - n)
+        log(_progress_line(n, len(work), rec, left, r, config.rounds))
         if rec["status"] != "ok" and rec["failure"] == "oom" and config.isolate:
             return RESTART_EXIT_CODE
     return 0
 
 
-def _progress_line(n: int, total: int, rec: dict, left_s: float) -> str:
-    head = f"[{n}/{total}] {rec['id']}"
+def rounds_order(config: SweepConfig, todo: list, log=print) -> tuple[list, dict]:
+    """With --rounds=N: the (point, batch, id, round) still to measure, every point once
+    per round, rounds in alternating order (so no point is always measured first), and
+    the ROUND records already written, per point id."""
+    rounds_of: dict[str, list[dict]] = {}
+    if config.rounds == 1:
+        return [], rounds_of
+    path = os.path.join(config.out_dir, results.RESULTS)
+    for rec in results.latest_by_id(results.load(path, warn=log, complete=False)).values():
+        if rec.get("kind") == record.ROUND and rec["status"] == "ok":
+            rounds_of.setdefault(rec["point_id"], []).append(rec)
+    done = {(p, rec["round"]) for p, recs in rounds_of.items() for rec in recs}
+    work = []
+    for r in range(config.rounds):
+        order = todo if r % 2 == 0 else todo[::-1]
+        work += [(pt, b, pid, r) for pt, b, pid in order if (pid, r) not in done]
+    return work, rounds_of
+
+
+def _records_to_write(config, rec: dict, r, rounds_of: dict, failed_now: set) -> list[dict]:
+    """What one measurement appends: its record; with --rounds, its ROUND record, then
+    the point's combined record once every round is in (a failure: the point's)."""
+    if r is None:
+        return [rec]
+    if rec["status"] != "ok":
+        failed_now.add(rec["id"])
+        return [rec]
+    mine = rounds_of.setdefault(rec["id"], [])
+    mine[:] = [x for x in mine if x["round"] != r] + [record.as_round(rec, r, config.rounds)]
+    if len(mine) < config.rounds:
+        return [mine[-1]]
+    return [mine[-1], record.combine_rounds(mine)]
+
+
+def _progress_line(
+    n: int, total: int, rec: dict, left_s: float, r: int | None = None, rounds: int = 1
+) -> str:
+    head = f"[{n}/{total}] {rec['id']}" + (f" (round {r + 1}/{rounds})" if r is not None else "")
     if rec["status"] != "ok":
         return f"{head}  FAILED ({rec['failure']}): {rec['error']}  ~{left_s:.0f} s left"
     t, p = rec["time"], rec["prediction"]

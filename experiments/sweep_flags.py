@@ -49,6 +49,13 @@ GENERAL = (
         "Rotate this many copies of the weights so calls read cold weights.",
     ),
     (
+        "rounds",
+        "integer",
+        1,
+        "Measure the grid this many times, interleaved (every point once per round, rounds "
+        "in alternating order); each point's time is the median of its rounds' medians.",
+    ),
+    (
         "ceilings",
         "enum",
         "auto",
@@ -260,6 +267,7 @@ def sweep_config(f: types.SimpleNamespace) -> config.SweepConfig:
         ),
         seed=f.seed.value,
         weight_copies=f.weight_copies.value,
+        rounds=f.rounds.value,
         ceilings=f.ceilings.value,
         peak_flops=f.peak_flops.value,
         bandwidth=f.bandwidth.value,
