@@ -1,11 +1,15 @@
 """Runs a sweep in a child process so that a point that crashes it cannot end the sweep.
 
 A point that kills its process (a segfault, the OOM killer, an abort inside XLA) leaves
-`inflight.json` behind; the supervisor records that point as failed and starts a new
-worker, which resumes after it. A point measured for longer than --point_timeout_s is
-killed and recorded as failed (timeout). The worker holds OUT_DIR's lock with the
-supervisor (its descriptor is passed down), never outlives it (batchlab.worker), and
-stops with it on SIGINT or SIGTERM. The parent never starts a JAX backend.
+`inflight.json` behind; the supervisor records that point as failed (`device` when the
+worker's last stderr shows a device fault, faults.py) and starts a new worker, which
+resumes after it. A point that raises out of memory or a device fault is recorded by the
+worker, which then exits for a fresh one (sweep.RESTART_EXIT_CODE). A point measured for
+longer than --point_timeout_s is killed and recorded as failed (timeout). The worker
+holds OUT_DIR's lock with the supervisor (its descriptor is passed down), never outlives
+it (batchlab.worker), and stops with it on SIGINT or SIGTERM. The parent never starts a
+JAX backend (tests/test_accelerator.py checks it); the worker inherits its environment
+(JAX_PLATFORMS, XLA_FLAGS, XLA_PYTHON_CLIENT_*), which provenance records.
 """
 
 import contextlib
@@ -18,7 +22,7 @@ import tempfile
 import threading
 import time
 
-from batchlab import files, record, results, sweep
+from batchlab import faults, files, record, results, sweep
 from batchlab.config import SweepConfig, grid_points
 from batchlab.errors import ConfigError
 
@@ -102,6 +106,8 @@ class _Worker:
                 return "the kernel's out-of-memory killer ended it"
         if rc < 0 and b"bad_alloc" in self.tail:
             return "it aborted on std::bad_alloc"
+        if rc < 0 and faults.out_of_memory(self.tail.decode("utf-8", "replace")):
+            return "it aborted on the device's out-of-memory error"
         return None
 
 
@@ -179,6 +185,10 @@ def _failed(config: SweepConfig, inflight: dict, worker: _Worker, timed_out: boo
     if cause:
         memory, error = sweep.out_of_memory(inflight.get("cost_model_bytes"), f"{reason}: {cause}")
         return record.failed(base | {"memory": memory}, "oom", error)
+    platform = inflight.get("platform") if isinstance(inflight.get("platform"), str) else None
+    fault = faults.device_fault(worker.tail.decode("utf-8", "replace"), platform)
+    if fault:  # e.g. XLA's CHECK on a CUDA error aborts the process
+        return record.failed(base, "device", f"{reason}: device fault: {fault}")
     return record.failed(base, "crash", reason)
 
 

@@ -14,6 +14,7 @@ from batchlab import (
     calibration,
     distributed,
     dry_run,
+    faults,
     files,
     hardware,
     kernel_model,
@@ -31,6 +32,9 @@ from batchlab.provenance import provenance
 from batchlab.record import point_id
 
 RESTART_EXIT_CODE = 75  # a worker asks for a fresh process (after an OOM, say)
+# Failures after which the process is not to be trusted with the next point: out of memory
+# (REFERENCE 6) and a device fault (a broken CUDA or TPU context, faults.py).
+FRESH_PROCESS = ("oom", "device")
 
 
 def check_out_dir(config: SweepConfig, recalibrate: bool = False) -> None:
@@ -347,12 +351,23 @@ TRACEBACK_FRAMES = 8  # innermost frames kept in a failed record: where it broke
 OOM = "out of memory"  # how a failed record's error starts when memory ran out
 
 
-def _failure_reason(e: BaseException) -> tuple[str, str]:
-    """(kind, one-line message) for a point that raised."""
+def _failure_reason(e: BaseException, platform: str | None = None) -> tuple[str, str]:
+    """(kind, one-line message) for a point that raised: "oom", "device" (its text shows
+    a broken device context, faults.device_fault) or "error"."""
     msg = (str(e).strip().splitlines() or [""])[0][:500]
     text = str(e).lower()
-    oom = isinstance(e, MemoryError) or "resource_exhausted" in text or OOM in text
-    return ("oom" if oom else "error"), f"{type(e).__name__}: {msg}"
+    if (
+        isinstance(e, MemoryError)
+        or "resource_exhausted" in text
+        or OOM in text
+        or faults.out_of_memory(str(e))
+    ):
+        return "oom", f"{type(e).__name__}: {msg}"
+    fault = faults.device_fault(str(e), platform)
+    if fault:
+        shown = "" if fault in msg else f" [{fault}]"
+        return "device", f"device fault: {type(e).__name__}: {msg}{shown}"
+    return "error", f"{type(e).__name__}: {msg}"
 
 
 def working_set_bytes(config: SweepConfig, point: dict, batch: int) -> int | None:
@@ -492,6 +507,7 @@ def run(config: SweepConfig, log=print, mesh=None, argv=None) -> int:
             # can tell a worker killed after writing it from one killed before.
             size = os.path.getsize(results_path) if os.path.exists(results_path) else 0
             state = {"id": pid, "params": point, "batch": batch, "results_size": size}
+            state["platform"] = device.platform  # tells the supervisor's fault patterns
             results.write_json_atomic(inflight, state | {"cost_model_bytes": tried}, False)
         base = base_record(config, point, batch, device, argv)
         try:
@@ -511,7 +527,7 @@ def run(config: SweepConfig, log=print, mesh=None, argv=None) -> int:
         except Exception as e:  # any point may fail; the sweep goes on
             if _disk_full(e):  # not the point's fault: the sweep stops, saying where
                 raise files.WriteError(files.describe(e, e.filename or out)) from None
-            kind, reason = _failure_reason(e)
+            kind, reason = _failure_reason(e, device.platform)
             if kind == "oom":
                 memory, reason = out_of_memory(tried, reason, _memory_analysis(e))
                 base = base | {"memory": memory}
@@ -522,7 +538,9 @@ def run(config: SweepConfig, log=print, mesh=None, argv=None) -> int:
             os.remove(inflight)
         left = (time.perf_counter() - started) / n * (len(work) - n)
         log(_progress_line(n, len(work), rec, left, r, config.rounds))
-        if rec["status"] != "ok" and rec["failure"] == "oom" and config.isolate:
+        if rec["status"] != "ok" and rec["failure"] in FRESH_PROCESS and config.isolate:
+            if n < len(todo):
+                log("the next point gets a fresh measuring process")
             return RESTART_EXIT_CODE
     return 0
 

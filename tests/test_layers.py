@@ -17,7 +17,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "batchlab"
 # Bottom first; a module's layer is its first name under batchlab (batchlab.moe.routing:
 # "moe"). A module may import from its own layer (without a circle) and from those below.
 LAYERS = [
-    ("errors", "numerics", "cost", "files"),
+    ("errors", "numerics", "cost", "files", "faults"),
     ("roofline", "hardware", "provenance", "kernels", "kernel_model"),
     ("timing", "calibration", "distributed", "profile"),
     ("moe",),  # pure MoE kernels: routing, dispatch, balance, cost, expert_parallel

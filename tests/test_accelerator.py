@@ -1,0 +1,172 @@
+"""What a first GPU or TPU run relies on, checked on this CPU: a worker with a broken
+device context replaced."""
+
+import os
+import subprocess
+import sys
+
+import device_fault_family as fam
+import pytest
+from conftest import NO_MODEL_FLAG, ROOT, make_config
+
+from batchlab import faults, isolation, record, results, sweep
+from batchlab.config import grid_points
+
+FAST = [
+    "--time_budget_s=0.01",
+    "--min_reps=2",
+    "--warmup_reps=0",
+    "--peak_flops=1e11",
+    "--bandwidth=1e10",
+    "--predict_for=",
+    NO_MODEL_FLAG,
+]
+
+
+def load(out):
+    return results.load(os.path.join(out, results.RESULTS))
+
+
+# ---- 2. a worker with a broken device context is replaced --------------------------------
+
+# (text, platform, expected): each pattern of faults.py tried with a sample of what the
+# device's stack prints, and texts that must not count.
+FAULTS = [
+    ("CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access was encountered", "gpu", True),
+    ("Check failed: cuStreamSynchronize failed: CUDA_ERROR_LAUNCH_FAILED", None, True),
+    ("CUDA_ERROR_ECC_UNCORRECTABLE", "cpu", True),  # names the device: counts anywhere
+    ("cudaErrorIllegalAddress: an illegal memory access", "gpu", True),
+    ("CUDA error: an illegal memory access was encountered", "gpu", True),
+    ("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED", "gpu", True),
+    ("CUDNN_STATUS_INTERNAL_ERROR in conv", "gpu", True),
+    ("cuBLAS call failed: CUBLAS_STATUS_EXECUTION_FAILED", "gpu", True),
+    ("INTERNAL: Failed to launch CUDA kernel: fusion_12", "gpu", True),
+    ("XlaRuntimeError: INTERNAL: stream did not block host until done", "gpu", True),
+    ("INTERNAL: Core halted unexpectedly: INTERNAL: Accelerator device halted", "tpu", True),
+    ("DEADLINE_EXCEEDED: TPU program execution timed out", "tpu", True),
+    ("TPU halted after an on-device check failure", "tpu", True),
+    ("Failed to synchronize the stop event on device 0", "gpu", True),
+    ("Failed to get device attribute 13 for device 0", "gpu", True),
+    # Not device faults:
+    ("INTERNAL: deliberate XLA status raised on the host", "cpu", False),  # XLA:CPU's own
+    ("INTERNAL: CpuCallback error calling callback: ValueError: boom", "cpu", False),
+    ("INTERNAL: CUDA callback error: ValueError: boom", "gpu", False),  # Python failed
+    ("DEADLINE_EXCEEDED: Barrier timed out", "cpu", False),
+    ("Failed to transfer buffer to device", "cpu", False),
+    ("CUDNN_STATUS_NOT_SUPPORTED: no kernel for this conv", "gpu", False),  # arguments
+    ("CUBLAS_STATUS_INVALID_VALUE", "gpu", False),
+    ("CUDA_ERROR_OUT_OF_MEMORY: out of memory", "gpu", False),  # out of memory, not a fault
+    ("RuntimeError: deliberate failure for batch 3", "gpu", False),
+    ("ValueError: shapes (3,4) and (5,6) are not aligned; an internal: note", "gpu", False),
+    ("the INTERNAL: marker mid-line is not a status", "gpu", False),
+    ("pjrt.cc:1] Execution failed: INTERNAL: Failed to launch CUDA kernel", "gpu", True),
+    ("pjrt.cc:1] DEADLINE_EXCEEDED: TPU program did not finish", "tpu", True),
+    ("the job was halted by the scheduler", "tpu", False),
+]
+
+
+@pytest.mark.parametrize("text,platform,fault", FAULTS)
+def test_device_fault_patterns(text, platform, fault):
+    assert (faults.device_fault(text, platform) is not None) == fault
+    # Found on any line of a longer text (a traceback, a stderr tail), never invented.
+    found = faults.device_fault(f"Traceback (most recent call last):\n  ...\n{text}\n", platform)
+    assert (found == text) if fault else found is None
+
+
+def test_a_point_failure_is_classed_out_of_memory_then_device_then_error():
+    reason = sweep._failure_reason
+    assert reason(RuntimeError("CUDA_ERROR_OUT_OF_MEMORY: out of memory"), "gpu")[0] == "oom"
+    assert reason(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED"), "gpu")[0] == "oom"
+    kind, line = reason(RuntimeError("INTERNAL: Failed to launch CUDA kernel"), "gpu")
+    assert kind == "device" and line == (
+        "device fault: RuntimeError: INTERNAL: Failed to launch CUDA kernel"
+    )
+    # The fault on a later line of the message is named in the one-line error.
+    kind, line = reason(RuntimeError("step failed\nCUDNN_STATUS_EXECUTION_FAILED"), "gpu")
+    assert kind == "device" and line.endswith("step failed [CUDNN_STATUS_EXECUTION_FAILED]")
+    assert reason(RuntimeError("INTERNAL: x"), "cpu") == ("error", "RuntimeError: INTERNAL: x")
+    assert sweep.FRESH_PROCESS == ("oom", "device")
+
+
+def test_device_faults_get_a_fresh_worker_and_other_errors_do_not(tmp_path):
+    """b=2 raises a CUDA error: recorded `device`, the next point in a new worker; b=3
+    raises INTERNAL on this CPU: an ordinary error, the worker carries on; b=5 aborts
+    after XLA's CHECK on a CUDA error: the supervisor records `device` from its stderr."""
+    out, pids = tmp_path / "run", tmp_path / "pids"
+    env = os.environ | {"BATCHLAB_PID_LOG": str(pids)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.sweep",
+            "--family_modules=tests.device_fault_family",
+            "--model=device_fault",
+            "--batch_sizes=1,2,3,4,5,6",
+            f"--out_dir={out}",
+            "--noplot",
+            *FAST,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    by_batch = {r["batch"]: r for r in load(out)}
+    assert [by_batch[b]["status"] for b in (1, 4, 6)] == ["ok"] * 3
+    assert by_batch[2]["failure"] == "device"
+    assert by_batch[2]["error"] == f"device fault: RuntimeError: {fam.CUDA_TEXT}"
+    assert by_batch[3]["failure"] == "error" and fam.INTERNAL_TEXT in by_batch[3]["error"]
+    assert by_batch[5]["failure"] == "device"
+    assert by_batch[5]["error"] == (
+        f"worker process killed by SIGABRT: device fault: {fam.ABORT_TEXT}"
+    )
+    assert "the next point gets a fresh measuring process" in proc.stdout
+    worker = dict(line.split() for line in pids.read_text().splitlines())
+    assert worker["1"] == worker["2"]  # one worker until the fault
+    assert worker["3"] != worker["2"]  # a fresh one after it
+    assert worker["3"] == worker["4"] == worker["5"]  # INTERNAL on a CPU: no restart
+    assert worker["6"] != worker["5"]  # the abort: a new worker
+
+
+LOG = "E0000 00:00:00.000000 1 pjrt_stream_executor_client.cc:1] "  # XLA's log prefix
+
+
+def _fake_worker(tmp_path, stderr_text: str, platform: str | None):
+    """A config, and a worker that prints `stderr_text` and aborts during the point."""
+    cfg = make_config(tmp_path / "run", batch_sizes=("1",), isolate=True)
+    ((point, batch),) = grid_points(cfg)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    state = {"id": record.point_id("mlp", point, batch), "params": point, "batch": batch}
+    if platform:
+        state["platform"] = platform
+    results.write_json_atomic(os.path.join(cfg.out_dir, results.INFLIGHT), state)
+    script = (
+        f"import os, sys; sys.stderr.write({stderr_text!r} + '\\n'); sys.stderr.flush(); os.abort()"
+    )
+    return cfg, [sys.executable, "-c", script]
+
+
+@pytest.mark.parametrize(
+    "text,platform,failure",
+    [
+        (
+            LOG + "Execution of replica 0 failed: INTERNAL: Failed to launch CUDA kernel",
+            "gpu",
+            "device",
+        ),
+        (LOG + "INTERNAL: Failed to launch CUDA kernel", None, "device"),
+        (LOG + "INTERNAL: an XLA:CPU check", "cpu", "crash"),  # not a device
+        ("Check failed: CUDA_ERROR_OUT_OF_MEMORY", "gpu", "oom"),
+        ("Segmentation fault in user code", "gpu", "crash"),
+    ],
+)
+def test_a_crashed_worker_is_recorded_from_its_stderr(text, platform, failure, tmp_path, capfd):
+    cfg, cmd = _fake_worker(tmp_path, text, platform)
+    assert isolation._supervise(cmd, cfg, lambda m: None, ()) == 0
+    (r,) = load(cfg.out_dir)
+    assert r["failure"] == failure
+    assert r["error"].startswith("worker process killed by SIGABRT") or failure == "oom"
+    if failure == "device":
+        assert r["error"].endswith(f"device fault: {text}")
