@@ -32,6 +32,49 @@ def _git_commit() -> str | None:
         return None
 
 
+# What decides how a process uses the device, read from the environment (the measuring
+# child inherits its parent's): None when unset.
+ENVIRONMENT = (
+    "JAX_PLATFORMS",
+    "XLA_PYTHON_CLIENT_PREALLOCATE",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION",
+    "XLA_PYTHON_CLIENT_ALLOCATOR",
+    "CUDA_VISIBLE_DEVICES",
+)
+# jax's CUDA plugin's version readers (jax._src.lib.cuda_versions), as record fields.
+CUDA_VERSIONS = {
+    "cuda_driver": "cuda_driver_get_version",
+    "cuda_runtime": "cuda_runtime_get_version",
+    "cudnn": "cudnn_get_version",
+}
+
+
+def environment() -> dict:
+    """The device-related environment variables, each its value or None."""
+    return {k: os.environ.get(k) for k in ENVIRONMENT}
+
+
+@functools.cache
+def device_versions(platform: str) -> dict:
+    """The driver, CUDA runtime and cuDNN versions as integers (12080 is 12.8) where the
+    backend exposes them (a GPU with jax's CUDA plugin), else None each. Asked only of a
+    process that already has a device, so it starts no backend of its own."""
+    out = dict.fromkeys(CUDA_VERSIONS)
+    if platform != "gpu":
+        return out
+    try:
+        from jax._src.lib import cuda_versions
+    except ImportError:
+        return out
+    for field, name in CUDA_VERSIONS.items():
+        fn = getattr(cuda_versions, name, None) if cuda_versions is not None else None
+        try:
+            out[field] = int(fn()) if callable(fn) else None
+        except Exception:  # a plugin without that reader, or one that fails: unknown
+            out[field] = None
+    return out
+
+
 @functools.cache
 def _static() -> dict:
     import flax
@@ -49,6 +92,7 @@ def _static() -> dict:
         "processor": platform.processor() or platform.machine(),
         "git_commit": _git_commit(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "env": environment(),
     }
 
 
@@ -61,9 +105,15 @@ def provenance(device=None, argv=None) -> dict:
         return out
     import jax
 
+    try:
+        platform_version = str(device.client.platform_version)
+    except Exception:  # a backend without it
+        platform_version = None
     return out | {
         "backend": device.platform,
         "device_kind": device.device_kind,
         "device_count": jax.device_count(),
         "process_count": jax.process_count(),
+        "platform_version": platform_version,
+        **device_versions(device.platform),
     }

@@ -1,6 +1,8 @@
-"""What a first GPU or TPU run relies on, checked on this CPU: a worker with a broken
-device context replaced."""
+"""What a first GPU or TPU run relies on, checked on this CPU: one process per device (the
+supervisor never starts a JAX backend), the child's environment and versions in
+provenance, a worker with a broken device context replaced."""
 
+import json
 import os
 import subprocess
 import sys
@@ -21,10 +23,74 @@ FAST = [
     "--predict_for=",
     NO_MODEL_FLAG,
 ]
+TINY = ["--model=mlp", "--depths=1", "--widths=16", "--batch_sizes=1,2", *FAST]
+
+
+# Runs experiments.sweep in this process as `python -m` would, then says on stderr whether
+# anything in it started a JAX backend (after the summary and plots; not in an atexit
+# hook, since jax's own clears its backends first).
+NO_BACKEND_WRAPPER = """
+import runpy, sys
+
+sys.argv = ["experiments.sweep", *sys.argv[1:]]
+try:
+    runpy.run_module("experiments.sweep", run_name="__main__", alter_sys=True)
+    code = 0
+except SystemExit as e:
+    code = e.code
+from jax._src import xla_bridge
+sys.stderr.write(f"\\nPARENT_BACKENDS={xla_bridge.backends_are_initialized()}\\n")
+sys.exit(code)
+"""
 
 
 def load(out):
     return results.load(os.path.join(out, results.RESULTS))
+
+
+# ---- 1. one process per device ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recalibrate", [False, True])
+def test_the_supervisor_never_starts_a_backend_and_the_worker_inherits_its_env(
+    recalibrate, tmp_path
+):
+    out = tmp_path / "run"
+    args = [*TINY, f"--out_dir={out}"] + (["--recalibrate"] if recalibrate else [])
+    env = os.environ | {"JAX_PLATFORMS": "cpu", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    env.pop("XLA_PYTHON_CLIENT_MEM_FRACTION", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_BACKEND_WRAPPER, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "PARENT_BACKENDS=False" in proc.stderr  # the parent: no backend, even at exit
+    rs = load(out)
+    assert len(rs) == 2 and all(r["status"] == "ok" for r in rs)
+    assert (out / "plot.png").exists()  # the parent drew the plots without a backend
+    for r in rs:  # the child measured, with the parent's environment
+        prov = r["provenance"]
+        assert prov["backend"] == "cpu" and prov["platform_version"]
+        assert prov["env"]["JAX_PLATFORMS"] == "cpu"
+        assert prov["env"]["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+        assert prov["env"]["XLA_PYTHON_CLIENT_MEM_FRACTION"] is None
+        assert prov["cuda_driver"] is prov["cuda_runtime"] is prov["cudnn"] is None  # CPU
+
+
+def test_the_wrapper_would_see_a_backend_the_parent_started(tmp_path):
+    """The check above can fail: a parent that asks jax for its devices is caught."""
+    script = NO_BACKEND_WRAPPER.replace(
+        'runpy.run_module("experiments.sweep", run_name="__main__", alter_sys=True)',
+        "import jax; jax.devices()",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert "PARENT_BACKENDS=True" in proc.stderr
 
 
 # ---- 2. a worker with a broken device context is replaced --------------------------------
@@ -170,3 +236,10 @@ def test_a_crashed_worker_is_recorded_from_its_stderr(text, platform, failure, t
     assert r["error"].startswith("worker process killed by SIGABRT") or failure == "oom"
     if failure == "device":
         assert r["error"].endswith(f"device fault: {text}")
+
+
+def test_provenance_json_is_plain(tmp_path):
+    from batchlab.provenance import environment, provenance
+
+    assert set(environment()) >= {"JAX_PLATFORMS", "XLA_PYTHON_CLIENT_MEM_FRACTION"}
+    json.dumps(provenance())  # no device: no backend asked, and plain JSON
