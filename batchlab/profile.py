@@ -381,6 +381,13 @@ def key(device_kind: str, numerics: Numerics) -> str:
 # the machine only partly: efficiency grows with M up to 128 rows (one tensor-core or MXU
 # tile) and with the width up to 1024.
 MATMUL_EFFICIENCY, STREAM_EFFICIENCY, CONV_EFFICIENCY = 0.8, 0.9, 0.5
+# A convolution fills the device only with enough output pixels (N·H·W) and channels: an
+# implicit GEMM tiles outputs by 128 rows over ~64 multiprocessors (8192 pixels) and
+# channels by 256 columns. Below, its time stays about what a full tile costs: the reason
+# small-batch convolutions on a GPU cost about the same at b = 1, 2, 3 (the post's C2).
+# Kernels split the channels' sum over more blocks when outputs are few (split-K), so an
+# under-filled one runs at no less than an eighth of its share of the peak.
+CONV_FILL_OUTPUTS, CONV_FILL_CHANNELS, CONV_MIN_FILL = 8192, 256, 1 / 8
 # Fixed costs: one more kernel in an XLA:GPU executable costs a few microseconds of launch
 # and gap between kernels (host-device round trip of a launched kernel, NVIDIA Nsight
 # Systems guide; compiled executables enqueue kernels back to back, so the per-kernel
@@ -417,15 +424,9 @@ def from_datasheet(spec, numerics: Numerics) -> dict:
     for c, k, side, b in p.conv:
         flops = 2.0 * side * side * b * k * k * c * c
         moved = s * (k * k * c * c + 2 * side * side * b * c)
-        conv.append(
-            [
-                c,
-                k,
-                side * side,
-                b,
-                launch + max(flops / (peak * CONV_EFFICIENCY), moved / (bw * STREAM_EFFICIENCY)),
-            ]
-        )
+        fill = min(1.0, side * side * b / CONV_FILL_OUTPUTS) * min(1.0, c / CONV_FILL_CHANNELS)
+        math_s = flops / (peak * CONV_EFFICIENCY * max(fill, CONV_MIN_FILL))
+        conv.append([c, k, side * side, b, launch + max(math_s, moved / (bw * STREAM_EFFICIENCY))])
     batched = [[bh, t, k, bytes_seconds(s * bh * t * k)] for bh, t, k, _ in p.batched]
     tables = {"matmul": matmul, "batched": batched, "conv": conv}
     tables |= {

@@ -199,3 +199,21 @@ def test_the_model_knee_is_where_its_curve_leaves_the_flat_part():
     linear = [_with_model(r, 1e-4 * b) for r, b in zip(recs, batches)]
     assert not analysis.model_knee(linear).found  # no flat part: no knee
     assert analysis.model_knee(recs) is None  # no model stored
+
+
+def test_the_datasheet_profile_fills_a_gpu_only_with_enough_outputs():
+    t4 = hardware.DATASHEET["t4"]
+    half = Numerics("float16")
+    prof = profile.from_datasheet(t4, half)
+    peak = hardware.datasheet_ceilings(t4, half).peak_flops
+    rows = {(c, k, p, b): s for c, k, p, b, s in prof["tables"]["conv"]}
+    launch = prof["launch_s"]
+
+    def per_flop(c, k, p, b):
+        return (rows[(c, k, p, b)] - launch) / (2.0 * p * b * k * k * c * c)
+
+    full = 1 / (peak * profile.CONV_EFFICIENCY)
+    # 32 images of 56x56 and 512 channels fill it; one 14x14 image runs at the least fill.
+    assert per_flop(512, 3, 56 * 56, 32) == pytest.approx(full)
+    assert per_flop(512, 3, 14 * 14, 1) == pytest.approx(full / profile.CONV_MIN_FILL)
+    assert prof["source"] == "datasheet model, not validated"
