@@ -9,6 +9,7 @@ the same grid in the same order, and only process 0 writes.
 
 import dataclasses
 import hashlib
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -157,6 +158,35 @@ def initialize(
         initialization_timeout=timeout_s,
         heartbeat_timeout_seconds=timeout_s,
     )
+
+
+def multihost_tpu(environ) -> str | None:
+    """What says this host is one of several in a TPU slice (or one slice of several),
+    read from the environment alone (no backend, no metadata server): the variable and
+    its value, or None. The variables are those of Cloud TPU VMs and GKE (TPU_WORKER_*,
+    TPU_PROCESS_ADDRESSES, TPU_HOST_BOUNDS, CLOUD_TPU_TASK_ID) and of multislice
+    (MEGASCALE_NUM_SLICES), as jax's cluster detection reads them."""
+
+    def number(name):
+        try:
+            return int(str(environ.get(name, "")).strip())
+        except ValueError:
+            return None
+
+    for name in ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES"):
+        hosts = [h for h in str(environ.get(name, "")).split(",") if h.strip()]
+        if len(hosts) > 1:
+            return f"${name} names {len(hosts)} hosts"
+    for name in ("TPU_WORKER_ID", "CLOUD_TPU_TASK_ID"):
+        if (number(name) or 0) > 0:
+            return f"${name}={number(name)} (not the first host)"
+    if (number("MEGASCALE_NUM_SLICES") or 0) > 1:
+        return f"$MEGASCALE_NUM_SLICES={number('MEGASCALE_NUM_SLICES')}"
+    bounds = str(environ.get("TPU_HOST_BOUNDS", "")).split(",")
+    hosts = math.prod(int(b) for b in bounds) if all(b.strip().isdigit() for b in bounds) else 1
+    if hosts > 1:
+        return f"$TPU_HOST_BOUNDS={environ['TPU_HOST_BOUNDS']} ({hosts} hosts)"
+    return None
 
 
 def is_writer() -> bool:

@@ -247,8 +247,22 @@ def shards(f: types.SimpleNamespace) -> dict[str, int]:
     return out
 
 
+def check_tpu_slice(f: types.SimpleNamespace) -> None:
+    """A host of a multi-host TPU slice must join the others (--distributed): alone it
+    would hang or fail opening chips it shares with them. Read from the environment
+    when the config is built, before any backend starts."""
+    joins = f.distributed.value or f.coordinator_address.value or f.num_processes.value
+    found = None if joins else distributed.multihost_tpu(os.environ)
+    if found:
+        raise ConfigError(
+            f"{found}: this host is one of a multi-host TPU slice; add --distributed "
+            "(and run the same command on every host)"
+        )
+
+
 def sweep_config(f: types.SimpleNamespace) -> config.SweepConfig:
     """The validated config the flags describe; raises ConfigError."""
+    check_tpu_slice(f)
     out_dir, split = f.out_dir.value, shards(f)
     if split["num_shards"] > 1:
         out_dir = os.path.join(out_dir, f"shard-{split['shard_index']}-of-{split['num_shards']}")

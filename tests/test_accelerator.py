@@ -1,6 +1,7 @@
 """What a first GPU or TPU run relies on, checked on this CPU: one process per device (the
 supervisor never starts a JAX backend), the child's environment and versions in
-provenance, a worker with a broken device context replaced."""
+provenance, a worker with a broken device context replaced, a multi-host TPU slice
+without --distributed refused at once."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import device_fault_family as fam
 import pytest
 from conftest import NO_MODEL_FLAG, ROOT, make_config
 
-from batchlab import faults, isolation, record, results, sweep
+from batchlab import distributed, faults, isolation, record, results, sweep
 from batchlab.config import grid_points
 
 FAST = [
@@ -236,6 +237,47 @@ def test_a_crashed_worker_is_recorded_from_its_stderr(text, platform, failure, t
     assert r["error"].startswith("worker process killed by SIGABRT") or failure == "oom"
     if failure == "device":
         assert r["error"].endswith(f"device fault: {text}")
+
+
+# ---- 4. a multi-host TPU slice needs --distributed ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "env,hosts",
+    [
+        ({"TPU_WORKER_HOSTNAMES": "t1k-w-0,t1k-w-1,t1k-w-2,t1k-w-3"}, True),
+        ({"TPU_PROCESS_ADDRESSES": "10.0.0.1:8476,10.0.0.2:8476"}, True),
+        ({"TPU_WORKER_ID": "3"}, True),
+        ({"CLOUD_TPU_TASK_ID": "1"}, True),
+        ({"MEGASCALE_NUM_SLICES": "2"}, True),
+        ({"TPU_HOST_BOUNDS": "1,1,2"}, True),
+        ({"TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0"}, False),  # one host
+        ({"TPU_HOST_BOUNDS": "1,1,1", "MEGASCALE_NUM_SLICES": "1"}, False),
+        ({"CLOUD_TPU_TASK_ID": "0"}, False),
+        ({}, False),
+    ],
+)
+def test_a_multi_host_tpu_slice_is_detected_from_its_environment(env, hosts):
+    found = distributed.multihost_tpu(env)
+    assert (found is not None) == hosts
+    if hosts:
+        assert next(iter(env)) in found  # names the variable that said so
+
+
+def test_a_slice_host_without_distributed_stops_at_once_naming_the_flag(tmp_path):
+    env = os.environ | {"TPU_WORKER_HOSTNAMES": "w-0,w-1", "TPU_WORKER_ID": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.sweep", *TINY, f"--out_dir={tmp_path / 'x'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "$TPU_WORKER_HOSTNAMES" in line and "add --distributed" in line
+    assert not (tmp_path / "x").exists()  # stopped before anything was written
 
 
 def test_provenance_json_is_plain(tmp_path):
