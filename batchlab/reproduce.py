@@ -224,9 +224,12 @@ def _probe_main(out_dir: str, numerics: list[Numerics]) -> None:
     device = jax.local_devices()[0]
     spec = hardware.lookup(device.device_kind)
     stats = device.memory_stats() or {}
-    memory = stats.get("bytes_limit")
-    if memory is None:
-        memory = host_memory_bytes() if device.platform == "cpu" else spec and spec.memory_bytes
+    memory, source = stats.get("bytes_limit"), "the device's memory_stats bytes_limit"
+    if memory is None and device.platform == "cpu":
+        memory, source = host_memory_bytes(), "host RAM"
+    elif memory is None:
+        memory = spec and spec.memory_bytes
+        source = "its datasheet row" if spec else "not reported by the device; no datasheet row"
     ceilings = {}
     for n in numerics:
         print(f"calibrating {device.device_kind} for {n.dtype}, precision {n.precision}")
@@ -239,6 +242,7 @@ def _probe_main(out_dir: str, numerics: list[Numerics]) -> None:
         "platform": device.platform,
         "device_count": jax.device_count(),
         "memory_bytes": memory,
+        "memory_source": source,
         "ceilings": ceilings,
     }
     results.write_json_atomic(os.path.join(out_dir, MACHINE), info)
@@ -280,8 +284,20 @@ def state(config: ReproduceConfig, machine: dict, planned: list[Planned], out_di
     }
 
 
-def plan_text(planned: list[Planned], machine: dict, available, budget: str) -> str:
+# What a dry run sizes the plan against, said beside the figure.
+DRY_RUN_MEMORY = (
+    "host RAM; device memory not probed: a dry run starts no backend, so on a GPU or TPU "
+    "give --memory_gb"
+)
+
+
+def plan_text(
+    planned: list[Planned], machine: dict, available, budget: str, source: str | None = None
+) -> str:
+    """The plan, headed by the device and the memory it was fitted to (and where that
+    figure came from: the device, its datasheet row, host RAM, --memory_gb)."""
     mem = f"{available / 1e9:.1f} GB" if available else "unknown"
+    mem += f" ({source})" if source else ""
     probed = machine.get("kind")
     lines = [f"device {probed}, memory {mem}; {budget} budget:"]
     for p in planned:

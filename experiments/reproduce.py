@@ -62,7 +62,11 @@ def run(config: reproduce.ReproduceConfig) -> str | None:
     numerics = list(dict.fromkeys(p.sweep.numerics for p in planned if p.sweep))
     check_state(out_dir)
     if config.dry_run:
-        machine = {"kind": "not probed (dry run)", "memory_bytes": reproduce.host_memory_bytes()}
+        machine = {
+            "kind": "not probed (dry run)",
+            "memory_bytes": reproduce.host_memory_bytes(),
+            "memory_source": reproduce.DRY_RUN_MEMORY,
+        }
         _plan(config, planned, machine)
         return None
     files.make_dir(out_dir, "--out_dir")
@@ -87,8 +91,9 @@ def check_state(out_dir: str) -> None:
 def _plan(config, planned, machine) -> None:
     """Fits the plan to the memory there is, and prints it."""
     available = config.memory_bytes or machine.get("memory_bytes")
+    source = "--memory_gb" if config.memory_bytes else machine.get("memory_source")
     reproduce.fit_memory(planned, available)
-    print(reproduce.plan_text(planned, machine, available, config.budget))
+    print(reproduce.plan_text(planned, machine, available, config.budget, source))
 
 
 def _steps(config, planned, machine, out_dir, started, lock) -> str:

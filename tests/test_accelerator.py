@@ -1,7 +1,8 @@
 """What a first GPU or TPU run relies on, checked on this CPU: one process per device (the
 supervisor never starts a JAX backend), the child's environment and versions in
 provenance, a worker with a broken device context replaced, a multi-host TPU slice
-without --distributed refused at once."""
+without --distributed refused at once, and a dry run that says device memory was not
+probed."""
 
 import json
 import os
@@ -10,9 +11,9 @@ import sys
 
 import device_fault_family as fam
 import pytest
-from conftest import NO_MODEL_FLAG, ROOT, make_config
+from conftest import NO_MODEL_FLAG, ROOT, make_config, run_cli
 
-from batchlab import distributed, faults, isolation, record, results, sweep
+from batchlab import distributed, faults, isolation, record, reproduce, results, sweep
 from batchlab.config import grid_points
 
 FAST = [
@@ -278,6 +279,24 @@ def test_a_slice_host_without_distributed_stops_at_once_naming_the_flag(tmp_path
     (line,) = proc.stderr.strip().splitlines()
     assert "$TPU_WORKER_HOSTNAMES" in line and "add --distributed" in line
     assert not (tmp_path / "x").exists()  # stopped before anything was written
+
+
+# ---- 5. a dry run plans against host RAM and says so -------------------------------------
+
+
+def test_reproduce_dry_run_says_device_memory_was_not_probed(tmp_path):
+    proc = run_cli(
+        "--budget=quick", f"--out_dir={tmp_path / 'r'}", "--dry_run", module="experiments.reproduce"
+    )
+    assert proc.returncode == 0, proc.stderr
+    head = proc.stdout.splitlines()[0]
+    assert "GB (host RAM; device memory not probed" in head and "--memory_gb" in head
+    # The plan says where its memory figure came from, and only a dry run's is host RAM.
+    given = reproduce.plan_text([], {"kind": "x"}, 16e9, "quick", "--memory_gb")
+    assert given == "device x, memory 16.0 GB (--memory_gb); quick budget:"
+    probed = {"kind": "NVIDIA H200", "memory_source": "the device's memory_stats bytes_limit"}
+    text = reproduce.plan_text([], probed, 140e9, "quick", probed["memory_source"])
+    assert "140.0 GB (the device's memory_stats" in text and "not probed" not in text
 
 
 def test_provenance_json_is_plain(tmp_path):
