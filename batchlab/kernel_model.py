@@ -33,7 +33,7 @@ BYTES_TABLE = {
     "dynamic_update_slice": "scatter",
     "sort": "stream",
     "custom_call": "stream",
-    "collective": "stream",
+    "collective": "collective",  # bytes the kernel moves: each device's send and receive
     "other": "stream",
 }
 

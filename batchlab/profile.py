@@ -16,6 +16,8 @@ Tables:
   conv           (c, kernel, pixels, batch) -> s: one SAME k x k convolution, C -> C
   stream, reduction, copy, reduce_window, gather, scatter: bytes moved -> s, over
                  sizes from a few KiB past the last cache level (so the levels show)
+  collective     bytes per device -> s: a tiled all_to_all over the local devices
+                 (with one device, none)
   launch         s per extra kernel, from chains of 1 and 64 dependent tiny matmuls
 """
 
@@ -134,7 +136,7 @@ class _Measure:
     """The profile's tables, each measured by its own method on one device."""
 
     def __init__(self, numerics: Numerics, device, p: Plan, floor_s: float):
-        self.numerics, self.p, self.floor = numerics, p, floor_s
+        self.numerics, self.p, self.floor, self.device = numerics, p, floor_s, device
         self.rand, self.prec = _Rand(numerics, device), numerics.lax_precision
 
     def net(self, seconds: float) -> float:
@@ -259,6 +261,37 @@ class _Measure:
             rows.append([upd.nbytes * 2, self.net(_timed_donated(scatter, table, idx, upd))])
         return rows
 
+    def collective(self) -> list:
+        """(bytes each device reads and writes, s) of a tiled all_to_all over every local
+        device of this platform; none with one device (its calls have no collective)."""
+        devices = [d for d in jax.local_devices() if d.platform == self.device.platform]
+        if len(devices) < 2:
+            return []
+        n = len(devices)
+        mesh = jax.sharding.Mesh(devices, ("x",))
+        spec = jax.sharding.PartitionSpec("x")
+
+        def exchange(x):
+            return jax.shard_map(
+                lambda b: jax.lax.all_to_all(b, "x", 0, 0, tiled=True),
+                mesh=mesh,
+                in_specs=spec,
+                out_specs=spec,
+            )(x)
+
+        rows = []
+        for nbytes in self._indexed_sizes():
+            # Each device holds `nbytes` in rows of 64 values, a multiple of n of them.
+            per_device = max(1, nbytes // (self.numerics.itemsize * 64 * n)) * n
+            count = per_device * n
+            x = jax.device_put(
+                jnp.ones((count, 64), self.numerics.jnp_dtype),
+                jax.sharding.NamedSharding(mesh, spec),
+            )
+            # In a kernel's units: each device reads its shard and writes what it receives.
+            rows.append([2 * x.nbytes / n, self.net(_timed(exchange, [(x,)]))])
+        return rows
+
     def launch(self) -> float:
         """Seconds per extra kernel, from chains of 1 and 64 dependent tiny matmuls."""
         x, w = self.rand(8, 8), self.rand(8, 8)
@@ -281,7 +314,7 @@ class _Measure:
 
 TABLES = (
     "matmul", "batched", "conv", "stream", "reduction", "copy", "reduce_window", "gather",
-    "scatter",
+    "scatter", "collective",
 )  # fmt: skip
 # The profile's table that prices each kernel class (batch dims make a matmul "batched").
 TABLE_OF = {
@@ -295,6 +328,7 @@ TABLE_OF = {
     "dynamic_slice": "gather",
     "scatter": "scatter",
     "dynamic_update_slice": "scatter",
+    "collective": "collective",
 }
 
 

@@ -3,10 +3,12 @@ measured, stored and re-measured, what the records carry, and what readers make 
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import pytest
-from conftest import make_config, run_cli, run_in_process, synthetic
+from conftest import ROOT, make_config, run_cli, run_in_process, synthetic
 from test_kernels import PROFILE
 
 from batchlab import (
@@ -54,7 +56,8 @@ def test_every_table_is_measured_on_a_tiny_plan():
     assert [r[0] for r in t["stream"]] == [2 * 2**10, 2 * 2**14, 2 * 2**16]
     assert [r[0] for r in t["gather"]] == [2**14]  # every other size from 16 KiB
     for name, rows in t.items():
-        assert rows and all(r[-1] > 0 for r in rows), name
+        if name != "collective":  # one device: none (the next test has several)
+            assert rows and all(r[-1] > 0 for r in rows), name
 
 
 def write_profile(path, entry=PROFILE, device_kind="cpu", stamp=None):
@@ -217,3 +220,21 @@ def test_the_datasheet_profile_fills_a_gpu_only_with_enough_outputs():
     assert per_flop(512, 3, 56 * 56, 32) == pytest.approx(full)
     assert per_flop(512, 3, 14 * 14, 1) == pytest.approx(full / profile.CONV_MIN_FILL)
     assert prof["source"] == "datasheet model, not validated"
+
+
+def test_the_collective_table_needs_several_devices():
+    assert profile.measure(F32, p=TINY_PLAN, names=("collective",))["tables"]["collective"] == []
+    code = (
+        "import json; from batchlab import profile; from batchlab.numerics import Numerics; "
+        "from test_model_profile import TINY_PLAN; "
+        "print(json.dumps(profile.measure(Numerics(), p=TINY_PLAN, names=('collective',))))"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])["tables"]["collective"]
+    # One row per size from 16 KiB, in the kernel's bytes: each device's shard in and out.
+    assert [r[0] for r in rows] == [2 * 2**14] and rows[0][1] > 0
