@@ -191,6 +191,26 @@ def resolve_ceilings(config: SweepConfig, device) -> roofline.Ceilings:
     )
 
 
+def calibrated_beside(config: SweepConfig, device, used: roofline.Ceilings):
+    """What the device attains (calibration), measured beside the datasheet ceilings a
+    sweep on an accelerator with a datasheet row uses, so records and the report show
+    both: cached in OUT_DIR/calibration.json like any calibration, so it costs its few
+    seconds once per device and numerics (reproduce and device_run.sh share the file).
+    None on a CPU (no row: its ceilings are calibrated already), with --ceilings=datasheet
+    (the datasheet only), ceilings from flags, or several processes (each would time and
+    write it alone)."""
+    if (
+        used.source != "datasheet"
+        or config.ceilings == "datasheet"
+        or device.platform == "cpu"
+        or jax.process_count() > 1
+    ):
+        return None
+    path = os.path.join(config.out_dir, results.CALIBRATION)
+    results.read_calibration(path)  # a corrupt cache is one line, not a traceback
+    return calibration.cached(path, device.device_kind, config.numerics, device)
+
+
 def share_of_host(ceilings: roofline.Ceilings, device, mesh) -> roofline.Ceilings:
     """One device's ceilings when a mesh runs several CPU devices of one process at once:
     they share the host's cores and memory, so each gets 1/n of the calibrated ones."""
@@ -479,6 +499,13 @@ def run(config: SweepConfig, log=print, mesh=None, argv=None) -> int:
                 os.path.join(config.out_dir, results.RESULTS), record.combine_rounds(recs)
             )
     ceilings = share_of_host(resolve_ceilings(config, device), device, mesh)
+    attainable = calibrated_beside(config, device, ceilings)
+    if attainable is not None:
+        log(
+            f"calibrated beside the datasheet: {attainable.peak_flops / 1e9:.1f} GFLOP/s "
+            f"[{attainable.flops_kernel}], {attainable.bandwidth / 1e9:.1f} GB/s "
+            f"[{attainable.bandwidth_kernel}]"
+        )
     floor = timing.empty_call_floor(config.timing, device)
     caches = hardware.cache_levels(device.platform, hardware.lookup(device.device_kind))
     model = Model.make(config, device, caches, log) if writer else None
@@ -510,6 +537,8 @@ def run(config: SweepConfig, log=print, mesh=None, argv=None) -> int:
             state["platform"] = device.platform  # tells the supervisor's fault patterns
             results.write_json_atomic(inflight, state | {"cost_model_bytes": tried}, False)
         base = base_record(config, point, batch, device, argv)
+        if attainable is not None:  # what the device attains, beside the datasheet's
+            base = base | {"ceilings_calibrated": attainable.as_dict()}
         try:
             rec = measure_point(
                 config,

@@ -304,3 +304,71 @@ def test_provenance_json_is_plain(tmp_path):
 
     assert set(environment()) >= {"JAX_PLATFORMS", "XLA_PYTHON_CLIENT_MEM_FRACTION"}
     json.dumps(provenance())  # no device: no backend asked, and plain JSON
+
+
+# ---- 3. datasheet and attainable, side by side ---------------------------------------------
+
+
+class _Device:
+    """What sweep.calibrated_beside reads of a device, without one."""
+
+    def __init__(self, platform, kind):
+        self.platform, self.device_kind = platform, kind
+
+
+def test_a_datasheet_device_also_records_what_calibration_attains(tmp_path, monkeypatch):
+    from batchlab import calibration
+    from batchlab.roofline import Ceilings
+
+    measured = Ceilings(7.9e14, 4.3e12, "calibrated", "8192^3 bf16 matmul", "copy 1 GiB")
+    asked = []
+    monkeypatch.setattr(calibration, "cached", lambda *a, **k: asked.append(a) or measured)
+    h200 = _Device("gpu", "NVIDIA H200")
+    cfg = make_config(tmp_path, peak_flops=None, bandwidth=None)
+    used = sweep.resolve_ceilings(cfg, h200)
+    assert used.source == "datasheet" and used.bandwidth == 4800e9
+    assert sweep.calibrated_beside(cfg, h200, used) == measured
+    assert asked[0][0] == os.path.join(str(tmp_path), results.CALIBRATION)
+    # Not when the sweep's ceilings are calibrated or given, nor with --ceilings=datasheet.
+    cpu = _Device("cpu", "cpu")
+    assert sweep.calibrated_beside(cfg, cpu, measured) is None
+    fixed = make_config(tmp_path)  # --peak_flops and --bandwidth
+    assert sweep.calibrated_beside(fixed, h200, sweep.resolve_ceilings(fixed, h200)) is None
+    only = make_config(tmp_path, peak_flops=None, bandwidth=None, ceilings="datasheet")
+    assert sweep.calibrated_beside(only, h200, used) is None
+    assert len(asked) == 1
+
+
+def test_the_report_shows_datasheet_and_attainable_side_by_side():
+    from conftest import synthetic
+
+    from batchlab import hardware
+    from batchlab.numerics import Numerics
+    from batchlab.report import measured, sources
+
+    prov = {"backend": "gpu", "device_kind": "NVIDIA H200", "host": "g"}
+    sheet = hardware.datasheet_ceilings(hardware.DATASHEET["h200"], Numerics("bfloat16"))
+    point = {"depth": 2, "width": 64, "input_width": 0}
+    reached = {"peak_flops": 7.9e14, "bandwidth": 4.32e12, "source": "calibrated"}
+    reached |= {"flops_kernel": "8192^3 matmul", "bandwidth_kernel": "copy", "interconnect": None}
+    rs = [synthetic("mlp", point, b, Numerics("bfloat16"), sheet, prov=prov) for b in (1, 2, 4)]
+    for r in rs:
+        r["ceilings_calibrated"] = reached
+    cpu = [synthetic("mlp", point, 1, Numerics(), measured_cpu := _cpu_ceilings())]
+    read = sources.Sources([sources.Source("d", rs + cpu, {}, {})], [])
+    text = measured.devices(read, read.by_device())
+    parts = {p.split("\n")[0]: p for p in text.split("### ")[1:]}
+    h200 = next(p for k, p in parts.items() if "H200" in k)
+    assert "attainable (calibrated here)" in h200 and "attainable / datasheet" in h200
+    assert "80% of peak, 90% of bandwidth" in h200  # 790/989.4 and 4.32/4.8
+    assert "Datasheet row `h200`" in h200 and "nvidia.com" in h200
+    # A CPU has no row: its calibrated ceilings, nothing to compare them with.
+    (cpu_part,) = (p for k, p in parts.items() if "H200" not in k)
+    assert "2048^3 matmul" in cpu_part and "no datasheet row" in cpu_part
+    assert "% of peak" not in cpu_part and measured_cpu.source == "calibrated"
+
+
+def _cpu_ceilings():
+    from batchlab.roofline import Ceilings
+
+    return Ceilings(1e11, 2e10, "calibrated", "2048^3 matmul", "gemv")

@@ -15,7 +15,8 @@ from batchlab.timing import fmt_time
 
 
 def devices(read: sources.Sources, by_device: dict) -> str:
-    """Per device: what it is, its ceilings measured and on the datasheet, the best the
+    """Per device: what it is, the ceilings the roofline used, what calibration attained
+    and the datasheet side by side (and the one as a share of the other), the best the
     sweeps attained, the empty-call floor and compile times."""
     out = []
     for device, records in by_device.items():
@@ -40,30 +41,23 @@ def devices(read: sources.Sources, by_device: dict) -> str:
         )
         for dtype, precision, used in used_sets:
             numerics, used = Numerics(dtype, precision), roofline.Ceilings(**dict(used))
-            measured = calibration.get(f"{kind}|{dtype}|{precision}")
-            if used.source == "calibrated":
-                here = md.ceilings_text(used)
-            elif measured:
-                here = (
-                    md.ceilings_text(roofline.Ceilings(**measured))
-                    + f" (sweeps used {used.source})"
-                )
-            else:
-                here = f"not measured (the sweeps used {used.source} ceilings)"
-            sheet = "no datasheet row"
-            if spec:
-                c = hardware.datasheet_ceilings(spec, numerics)
-                sheet = f"{md.ceilings_text(c)}; ridge {c.ridge:.3g} FLOP/B"
-            n = sum(
-                (r["dtype"], r["precision"], roofline.Ceilings(**r["ceilings"]))
-                == (dtype, precision, used)
+            mine = [
+                r
                 for r in ok
-            )
+                if (r["dtype"], r["precision"], roofline.Ceilings(**r["ceilings"]))
+                == (dtype, precision, used)
+            ]
+            sheet = hardware.datasheet_ceilings(spec, numerics) if spec else None
+            reached = attainable(calibration.get(f"{kind}|{dtype}|{precision}"), mine, used)
             rows.append(
                 [
-                    f"{dtype}, {precision} ({n} points)",
-                    f"{here}; ridge {used.ridge:.3g} FLOP/B",
-                    sheet,
+                    f"{dtype}, {precision} ({len(mine)} points)",
+                    f"{md.ceilings_text(used)} [{used.source}]; ridge {used.ridge:.3g} FLOP/B",
+                    md.ceilings_text(reached) if reached else "not measured",
+                    f"{md.ceilings_text(sheet)}; ridge {sheet.ridge:.3g} FLOP/B"
+                    if sheet
+                    else "no datasheet row",
+                    _share(reached, sheet),
                 ]
             )
 
@@ -88,9 +82,42 @@ def devices(read: sources.Sources, by_device: dict) -> str:
                 f"(up to {100 * worst:.0f}%): the ceilings are too low for them (a "
                 "calibration under load?), so knees and regimes judged with them are suspect"
             )
-        table = md.table(["numerics", "measured here (used by the roofline)", "datasheet"], rows)
+        table = md.table(
+            [
+                "numerics",
+                "used by the roofline",
+                "attainable (calibrated here)",
+                "datasheet",
+                "attainable / datasheet",
+            ],
+            rows,
+        )
+        if spec and spec.source:
+            table += f"\n\nDatasheet row `{spec.key}` ({spec.name}): {spec.source}."
         out.append(head + "\n\n" + table + "\n\n" + "\n".join(f for f in facts if f))
     return "\n\n".join(out)
+
+
+def attainable(cached: dict | None, records: list[dict], used: roofline.Ceilings):
+    """What the device reached by calibration: the results directory's calibration.json
+    entry, else the records' own (ceilings_calibrated, stored beside datasheet ceilings),
+    else the ceilings used when they were calibrated; None when nothing measured them."""
+    if cached:
+        return roofline.Ceilings(**cached)
+    stored = next((r["ceilings_calibrated"] for r in records if r.get("ceilings_calibrated")), None)
+    if stored:
+        return roofline.Ceilings(**stored)
+    return used if used.source.startswith("calibrated") else None
+
+
+def _share(reached, sheet) -> str:
+    """'80% of peak, 90% of bandwidth': what the device attains of its datasheet."""
+    if reached is None or sheet is None:
+        return "-"
+    return (
+        f"{100 * reached.peak_flops / sheet.peak_flops:.0f}% of peak, "
+        f"{100 * reached.bandwidth / sheet.bandwidth:.0f}% of bandwidth"
+    )
 
 
 def _compile_line(ok: list[dict]) -> str:
