@@ -225,11 +225,6 @@ def share_of_host(ceilings: roofline.Ceilings, device, mesh) -> roofline.Ceiling
     )
 
 
-def _weight_copies(weights, n: int):
-    """`n` distinct device buffers of the same weights (REFERENCE 2.9)."""
-    return [weights] + [jax.tree.map(lambda a: a.copy(), weights) for _ in range(n - 1)]
-
-
 def measure_point(
     config: SweepConfig,
     base: dict,
@@ -251,6 +246,7 @@ def measure_point(
     """
     family = workloads.get(config.model)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), batch)
+    spec = timing.for_platform(config.timing, device.platform)
     with jax.default_device(device):
         work = family.build(point, batch, config.numerics, key)
     fn, weights, inputs, cost, layout = work.fn, work.weights, work.inputs, work.cost, {}
@@ -266,7 +262,7 @@ def measure_point(
             "shardings": placed.specs,
             "cost_per_device": cost.as_dict(),
         }
-    copies = _weight_copies(weights, config.weight_copies)
+    copies = timing.weight_copies(weights, config.weight_copies)
     compiled = timing.compile_ahead(fn, (weights, *inputs), work.donate_argnums)
     t0 = time.perf_counter()
     ks = kernels.of_compiled(compiled.compiled, work.branch_fraction)
@@ -280,7 +276,7 @@ def measure_point(
             inputs = work.next_inputs(out, inputs)
 
     distributed.barrier(f"time {point_id(config.model, point, batch)}")
-    stats = timing.time_calls(call, config.timing, agree)
+    stats = timing.time_calls(call, spec, agree)
     if config.profile_dir and (not config.profile_batches or batch in config.profile_batches):
         # A few calls after timing, so the trace shows the steady state, not compilation;
         # each is annotated with the point's id, so XProf and Perfetto name the point.
@@ -506,7 +502,7 @@ def run(config: SweepConfig, log=print, mesh=None, argv=None) -> int:
             f"[{attainable.flops_kernel}], {attainable.bandwidth / 1e9:.1f} GB/s "
             f"[{attainable.bandwidth_kernel}]"
         )
-    floor = timing.empty_call_floor(config.timing, device)
+    floor = timing.empty_call_floor(timing.for_platform(config.timing, device.platform), device)
     caches = hardware.cache_levels(device.platform, hardware.lookup(device.device_kind))
     model = Model.make(config, device, caches, log) if writer else None
     log(

@@ -23,6 +23,43 @@ class TimingSpec:
     max_reps: int = 100_000
     warmup_reps: int = 2
     warmup_s: float = 0.05  # and at least this long
+    # On an accelerator (for_platform): warm up until the last WARMUP_AGREE_CALLS calls
+    # agree within this fraction (and warmup_s has passed), but never past warmup_max_s.
+    # None: no agreement needed (a CPU: today's short warm-up).
+    warmup_agree: float | None = None
+    warmup_max_s: float = 2.0
+
+
+# Warm-up on an accelerator (for_platform): a GPU idles while a point compiles and its
+# clocks ramp up over the first calls, so it warms up for at least ACCELERATOR_WARMUP_S
+# or until WARMUP_AGREE_CALLS consecutive calls agree within WARMUP_AGREE, whichever is
+# longer (issue 15); WARMUP_MAX_S bounds calls whose times never agree.
+ACCELERATOR_WARMUP_S = 0.2
+WARMUP_AGREE = 0.05
+WARMUP_AGREE_CALLS = 3
+WARMUP_MAX_S = 2.0
+
+
+def for_platform(spec: TimingSpec, platform: str) -> TimingSpec:
+    """The spec with the warm-up sized for `platform` (a jax device's .platform): a CPU
+    keeps the spec as it is; any other platform (gpu, tpu) warms up for at least
+    ACCELERATOR_WARMUP_S and until consecutive calls agree (module constants above)."""
+    if platform == "cpu":
+        return spec
+    return dataclasses.replace(
+        spec,
+        warmup_s=max(spec.warmup_s, ACCELERATOR_WARMUP_S),
+        warmup_agree=spec.warmup_agree if spec.warmup_agree is not None else WARMUP_AGREE,
+        warmup_max_s=max(spec.warmup_max_s, WARMUP_MAX_S),
+    )
+
+
+def calls_agree(times: Sequence[float], tolerance: float, calls: int = WARMUP_AGREE_CALLS) -> bool:
+    """Whether the last `calls` times lie within `tolerance` of each other (max/min − 1)."""
+    if len(times) < calls:
+        return False
+    last = times[-calls:]
+    return min(last) > 0 and max(last) / min(last) - 1 <= tolerance
 
 
 # The bootstrap interval of the median (median_interval).
@@ -46,6 +83,8 @@ class TimingStats:
     p90_s: float  # with fewer than 100 samples p99 lies between the two largest
     p99_s: float
     ci95_s: tuple[float, float]  # bootstrap 95% interval of the median (median_interval)
+    warmup_calls: int = 0  # untimed calls before the samples, and how long they took
+    warmup_s: float = 0.0
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self) | {"ci95_s": list(self.ci95_s)}
@@ -135,32 +174,73 @@ def summarize(samples: Sequence[float], target_spread: float) -> TimingStats:
     )
 
 
-def time_calls(call: Callable[[int], Any], spec: TimingSpec, agree=None) -> TimingStats:
-    """Times `call(i)` (which must block on its result) until the spread is small.
+def warm_up(
+    call: Callable[[int], Any], spec: TimingSpec, agree=None, clock=time.perf_counter
+) -> tuple[int, float]:
+    """Untimed calls `call(0), call(1), ...` until the spec's warm-up is done; returns
+    (calls made, seconds spent). At least `warmup_reps` calls and `warmup_s` seconds;
+    with `warmup_agree`, also until the last calls agree (calls_agree), but stopping at
+    `warmup_max_s` whatever they do. With `agree` (several processes), every process must
+    make the same calls: without `warmup_agree` warm-up goes by count alone; with it, the
+    decision is process 0's (`agree(done) -> done`), taken at counts all processes share
+    (warmup_reps, then doubling)."""
+    lockstep = agree is not None
+    start, i, times = clock(), 0, []
+
+    def done() -> bool:
+        elapsed = clock() - start
+        if i < spec.warmup_reps:
+            return False
+        if spec.warmup_agree is None:
+            return lockstep or elapsed >= spec.warmup_s
+        if elapsed >= spec.warmup_max_s:
+            return True
+        return elapsed >= spec.warmup_s and calls_agree(times, spec.warmup_agree)
+
+    next_check = max(1, spec.warmup_reps)
+    while True:
+        if not lockstep:
+            if done():
+                break
+        elif spec.warmup_agree is None:
+            if i >= spec.warmup_reps:
+                break
+        elif i >= next_check:
+            next_check *= 2
+            if agree(done()):
+                break
+        t0 = clock()
+        call(i)
+        times.append(clock() - t0)
+        i += 1
+    return i, clock() - start
+
+
+def time_calls(
+    call: Callable[[int], Any], spec: TimingSpec, agree=None, clock=time.perf_counter
+) -> TimingStats:
+    """Times `call(i)` (which must block on its result) until the spread is small, after
+    the spec's warm-up (warm_up; for_platform sizes it for a device).
 
     One sample is one call: the latency a caller of one batch sees. Host-device copies
     inside the timed loop are errors (jax_transfer_guard), so a stray transfer cannot
     hide in a time. With several processes, every one must make the same calls:
     `agree(stop) -> stop` then makes each stop decision process 0's, taken only at
-    sample counts that all processes share, and warm-up goes by count alone.
+    sample counts that all processes share. `clock` is for tests.
     """
     lockstep = agree is not None
     with jax.transfer_guard("disallow"):
-        start, i = time.perf_counter(), 0
-        while i < spec.warmup_reps or (
-            not lockstep and time.perf_counter() - start < spec.warmup_s
-        ):
-            call(i)
-            i += 1
+        i, warmup_s = warm_up(call, spec, agree, clock)
+        warmup_calls = i
         samples: list[float] = []
-        deadline = time.perf_counter() + spec.time_budget_s
+        deadline = clock() + spec.time_budget_s
         next_check = spec.min_reps
         while len(samples) < spec.max_reps:
-            t0 = time.perf_counter()
+            t0 = clock()
             call(i)
-            samples.append(time.perf_counter() - t0)
+            samples.append(clock() - t0)
             i += 1
-            late = time.perf_counter() >= deadline and len(samples) >= min(3, spec.min_reps)
+            late = clock() >= deadline and len(samples) >= min(3, spec.min_reps)
             if len(samples) >= next_check:
                 # Checking every sample would cost O(n^2); check at geometric steps.
                 next_check = max(next_check + 1, int(next_check * 1.25))
@@ -169,7 +249,8 @@ def time_calls(call: Callable[[int], Any], spec: TimingSpec, agree=None) -> Timi
                     break
             elif late and not lockstep:
                 break
-    return summarize(samples, spec.target_spread)
+    stats = summarize(samples, spec.target_spread)
+    return dataclasses.replace(stats, warmup_calls=warmup_calls, warmup_s=warmup_s)
 
 
 def _plain(obj) -> dict:
@@ -211,6 +292,12 @@ def compile_ahead(fn: Callable, args: Sequence, donate_argnums=()) -> CompiledCa
         _analysis(compiled, "cost_analysis"),
         _analysis(compiled, "memory_analysis"),
     )
+
+
+def weight_copies(weights, n: int) -> list:
+    """`n` distinct device buffers of the same weights, to rotate over so that each call
+    reads cold weights (REFERENCE 2.9); the first is `weights` itself."""
+    return [weights] + [jax.tree.map(lambda a: a.copy(), weights) for _ in range(n - 1)]
 
 
 def empty_call_floor(spec: TimingSpec, device=None) -> TimingStats:
