@@ -162,7 +162,7 @@ def summary(records: list[dict]) -> str:
             width = max(17, *(len(router) for router in routers))
             lines.append(
                 f"{'router':<{width}} {'skew':>5} {'MaxVio':>7} {'busiest':>8} {'dropped':>8} "
-                f"{'CV':>5} {'entropy':>7} {'conf':>5} {'dispatch':>8} {'ms':>9} "
+                f"{'CV':>5} {'entropy':>7} {'conf':>5} {'dispatch':>13} {'ms':>9} "
                 f"{'vs skew0':>9} {'vs dense':>9}"
             )
             for router in routers:
@@ -177,7 +177,7 @@ def summary(records: list[dict]) -> str:
                         f"{100 * (busiest_share(r) - 1):>+7.0f}% "
                         f"{100 * m['dropped_fraction']:>7.1f}% "
                         f"{m['cv']:>5.2f} {m['entropy']:>7.3f} {m['confidence']:>5.2f} "
-                        f"{r['metrics']['dispatch']['chosen']:>8} {t * 1e3:>9.3f} "
+                        f"{r['metrics']['dispatch']['chosen']:>13} {t * 1e3:>9.3f} "
                         f"{_vs(base, r)} {_vs(d, r)}"
                     )
         lines += [

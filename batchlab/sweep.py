@@ -11,6 +11,7 @@ import traceback
 import jax
 
 from batchlab import (
+    autotune,
     calibration,
     distributed,
     dry_run,
@@ -247,7 +248,9 @@ def measure_point(
     family = workloads.get(config.model)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), batch)
     spec = timing.for_platform(config.timing, device.platform)
-    with jax.default_device(device):
+    decide = _decide if jax.process_count() > 1 else None
+    # A build that times candidates (an MoE dispatch: autotune) times them as this does.
+    with jax.default_device(device), autotune.timed_like(config.weight_copies, spec, decide):
         work = family.build(point, batch, config.numerics, key)
     fn, weights, inputs, cost, layout = work.fn, work.weights, work.inputs, work.cost, {}
     metrics = work.metrics
@@ -316,6 +319,11 @@ def measure_point(
         | {"kernels": [k.as_dict() for k in ks]}
         | ({"metrics": metrics} if metrics else {}),
     )
+
+
+def _decide(index: int) -> int:
+    """Process 0's choice among a build's candidates (autotune), on every process."""
+    return distributed.broadcast_ints([index])[0]
 
 
 def roofline_fields(config: SweepConfig, point: dict, batch: int, ceilings) -> dict:

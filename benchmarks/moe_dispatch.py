@@ -7,7 +7,9 @@ each dispatch (batchlab.moe.dispatch), against two yardsticks: k dense FFNs of o
 expert's size on the same tokens, and reading k experts' weights at the calibrated
 bandwidth. "slots, all experts" turns off the skipping of idle experts, to show what
 reading only the touched experts saves at small batch (REFERENCE 2.7). Weight copies
-rotate so each call reads cold weights (REFERENCE 2.9).
+rotate so each call reads cold weights (REFERENCE 2.9). Each dispatch gets its experts in
+the layout it takes (stacked for ragged_dot and sorted_gather, built before timing:
+batchlab.models.moe.for_dispatch), and the warm-up of the platform (timing.for_platform).
 """
 
 import argparse
@@ -28,16 +30,19 @@ CASES = [  # (label, router, dispatch, skip idle experts)
     ("capacity 1.0, slots, all experts", "token_choice", "slots", False),
     ("capacity 1.0, sorted", "token_choice", "sorted", True),
     ("capacity 1.0, ragged_dot", "token_choice", "ragged", True),
+    ("capacity 1.0, sorted_gather", "token_choice", "sorted_gather", True),
     ("dropless, slots (C = B)", "dropless", "slots", True),
     ("dropless, sorted", "dropless", "sorted", True),
     ("dropless, ragged_dot", "dropless", "ragged", True),
+    ("dropless, sorted_gather", "dropless", "sorted_gather", True),
 ]
 
 
 def _time(fn, weights, x, copies: int) -> float:
-    ws = [weights] + [jax.tree.map(lambda a: a.copy(), weights) for _ in range(copies - 1)]
+    ws = timing.weight_copies(weights, copies)
     compiled = timing.compile_ahead(fn, (weights, x)).compiled
-    stats = timing.time_calls(lambda i: jax.block_until_ready(compiled(ws[i % len(ws)], x)), SPEC)
+    spec = timing.for_platform(SPEC, jax.default_backend())
+    stats = timing.time_calls(lambda i: jax.block_until_ready(compiled(ws[i % len(ws)], x)), spec)
     return stats.median_s
 
 
@@ -75,7 +80,7 @@ def main():
             def fn(w, x, moe=moe):
                 return mm.moe_apply(w["params"], w["balance"]["bias"], x, moe)[0]
 
-            rows.setdefault(label, []).append(_time(fn, v, x, args.copies))
+            rows.setdefault(label, []).append(_time(fn, mm.for_dispatch(v, name), x, args.copies))
     dense = rows["k dense FFNs (yardstick)"]
     for label, ts in rows.items():
         cells = [f"{t * 1e3:.2f} ms ({t / d:.2f}x)" for t, d in zip(ts, dense)]

@@ -1,13 +1,15 @@
 """The MoE layer and decoder: every dispatch against a dense reference, cached decoding
 against the full pass, the analytic cost by hand and against XLA, the sweep's records."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import make_config, run_cli, run_in_process
 
-from batchlab import claims, results, timing
+from batchlab import autotune, claims, kernels, results, timing
 from batchlab.models import decoder as dec
 from batchlab.models import moe as mm
 from batchlab.moe import cost as moecost
@@ -198,20 +200,87 @@ def test_expected_touched_and_critical_batch():
     assert moecost.critical_batch_estimate(1e12, 2e10, POINT | {"experts": 8}, Numerics()) == 400
 
 
-@pytest.mark.parametrize("dispatch", ["slots", "sorted", "auto"])
-def test_the_moe_cost_follows_the_chosen_dispatch(dispatch):
+@pytest.mark.parametrize("name", ["slots", "sorted", "sorted_gather", "auto"])
+def test_the_moe_cost_follows_the_chosen_dispatch(name):
     """Dropless on the slots dispatch runs every expert some copy reached on B rows, E·B
     here (cost_analysis counts them); sorted runs the B·k copies (and its chunk padding,
-    which cost_analysis counts every branch of); "auto" costs what it resolves to."""
-    p = POINT | {"router": "dropless", "dispatch": dispatch}
+    which cost_analysis counts every branch of); sorted_gather every row of its blocks,
+    all of which run; "auto" costs what it resolves to."""
+    p = POINT | {"router": "dropless", "dispatch": name}
     work = wl.LAYER.build(p, 16, Numerics(), jax.random.PRNGKey(0))
-    chosen = work.resolved.get("dispatch", dispatch)
+    chosen = work.resolved.get("dispatch", name)
     touched = 4 * (1 - 0.5**16)  # of E = 4 experts, top-2, 16 tokens
-    rows = {"slots": touched * 16, "sorted": 16 * 2, "ragged": 16 * 2}[chosen]
-    assert work.cost.flops == pytest.approx(2 * 16 * 32 * 4 + 2 * rows * 3 * 32 * 48)
-    if chosen == "slots":
-        xla = timing.compile_ahead(work.fn, (work.weights, *work.inputs)).cost_analysis
-        assert work.cost.flops <= xla["flops"] <= 1.1 * work.cost.flops
+    # sorted_gather: 32 copies in blocks of 8 rows; 4 + 4·7/8 -> 7 blocks for any loads.
+    assert dispatch.gather_blocks(32, 16, 4, 16) == (8, 7)
+    rows = {"slots": touched * 16, "sorted": 16 * 2, "ragged": 16 * 2, "sorted_gather": 56}
+    assert work.cost.flops == pytest.approx(2 * 16 * 32 * 4 + 2 * rows[chosen] * 3 * 32 * 48)
+    if chosen in ("slots", "sorted_gather"):
+        compiled = timing.compile_ahead(work.fn, (work.weights, *work.inputs))
+        xla = compiled.cost_analysis["flops"]
+        assert work.cost.flops <= xla <= 1.1 * work.cost.flops
+        counted = kernels.totals(kernels.of_compiled(compiled.compiled, work.branch_fraction))
+        if chosen == "sorted_gather":  # nothing conditional: every kernel runs, once
+            assert work.branch_fraction == 1.0
+            assert counted["flops"] == pytest.approx(xla, rel=0.01)
+    if chosen == "sorted_gather":  # the gathered weight copies, written and read
+        plain = moecost.layer_cost(p | {"dispatch": "sorted"}, 16, Numerics())
+        extra = work.cost.activation_bytes - plain.activation_bytes
+        assert extra == pytest.approx(4 * (2 * 7 * 3 * 32 * 48 + (56 - 32) * (2 * 32 + 80 * 3)))
+
+
+def test_gather_blocks_hold_any_loads():
+    """However the kept copies fall on the experts, their blocks fit in gather_blocks'."""
+    rng = np.random.default_rng(0)
+    for copies, tokens, experts, cap in [(2, 1, 8, 1), (32, 16, 4, 16), (200, 100, 8, 25)]:
+        big, n = dispatch.gather_blocks(copies, tokens, experts, cap)
+        kept = min(copies, experts * cap)
+        for _ in range(200):
+            loads = np.minimum(rng.multinomial(kept, rng.dirichlet(np.ones(experts) * 0.3)), cap)
+            assert sum(-(-v // big) for v in loads) <= n
+        # The worst case: every expert one row past a whole block.
+        worst = [min(cap, big + 1)] * min(experts, kept // (big + 1))
+        assert sum(-(-v // big) for v in worst) <= n
+    assert dispatch.gather_blocks(2, 1, 8, 1) == (8, 2)  # one token, top-2: two experts read
+
+
+def test_ragged_gets_its_stacked_weights_outside_the_timed_call():
+    """The weights the sweep times hold the experts stacked E×D×F, and the timed function
+    stacks nothing; given separate arrays, ragged stacks them inside the call (the old
+    unfair way), which is what the stacked layout saves."""
+    work = wl.LAYER.build(POINT | {"dispatch": "ragged"}, 8, Numerics(), jax.random.PRNGKey(0))
+    stacked = work.weights["params"]["experts"]
+    assert {k: v.shape for k, v in stacked.items()} == {
+        "gate": (4, 32, 48),
+        "up": (4, 32, 48),
+        "down": (4, 48, 32),
+    }
+
+    def stacks_made(fn, *args) -> int:  # nested jaxprs included: read the text
+        text = str(jax.make_jaxpr(fn)(*args))
+        return len(re.findall(r"f32\[4,32,48\] = (?:concatenate|stack)\b", text))
+
+    assert stacks_made(work.fn, work.weights, *work.inputs) == 0
+    separate = mm.for_dispatch(work.weights, "slots")
+    assert "expert_0" in separate["params"]["experts"]
+    moe = wl.moe_config(POINT, "ragged")
+
+    def unfair(w, x):  # ragged on separate arrays: it stacks them in the call
+        return mm.moe_apply(w["params"], w["balance"]["bias"], x, moe)[0]
+
+    assert stacks_made(unfair, separate, *work.inputs) == 2  # gate and up, each a stack
+    np.testing.assert_allclose(
+        jax.jit(unfair)(separate, *work.inputs),
+        jax.jit(work.fn)(work.weights, *work.inputs),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+def test_sorted_gather_is_offered_on_accelerators_only():
+    assert "sorted_gather" not in dispatch.candidates("cpu")
+    assert set(dispatch.candidates("cpu")) == {"slots", "sorted", "ragged"}
+    for platform in ("gpu", "tpu"):
+        assert set(dispatch.candidates(platform)) == set(dispatch.IMPLS)
 
 
 DECODER_POINT = POINT | {
@@ -248,8 +317,64 @@ def test_prefill_cost_swaps_each_moe_layers_ffn():
 def test_auto_dispatch_is_measured_and_recorded():
     work = wl.LAYER.build(POINT | {"dispatch": "auto"}, 4, Numerics(), jax.random.PRNGKey(0))
     info = work.metrics["dispatch"]
-    assert set(info["candidates_s"]) == set(dispatch.IMPLS)
+    assert set(info["candidates_s"]) == set(dispatch.candidates("cpu"))
     assert info["chosen"] == min(info["candidates_s"], key=info["candidates_s"].get)
+    assert set(info["candidates_ci95_s"]) == set(info["candidates_s"])
+    assert info["timed_as"]["platform"] == "cpu" and info["timed_as"]["weight_copies"] == 1
+    # The chosen dispatch's weights are the workload's, in its layout.
+    stacked = "expert_0" not in work.weights["params"]["experts"]
+    assert stacked == (info["chosen"] in dispatch.STACKED)
+
+
+def _chain(w, x):  # 30 dependent matmuls: far slower than one add
+    for _ in range(30):
+        x = jnp.tanh(x @ w["a"])
+    return x
+
+
+def test_autotune_picks_the_faster_candidate_timed_as_the_sweep_times_it(monkeypatch):
+    x, w = jnp.ones((64, 64)), {"a": jnp.full((64, 64), 1 / 64)}
+    made, real = [], timing.weight_copies
+    monkeypatch.setattr(timing, "weight_copies", lambda ws, n: made.append(n) or real(ws, n))
+    spec = timing.TimingSpec(warmup_reps=3, warmup_s=0.0)
+    fns = {"slow": (_chain, w), "fast": (lambda w, x: x + w["a"], w)}
+    with autotune.timed_like(3, spec):
+        chosen, info = autotune.fastest(fns, (x,))
+    assert chosen == "fast" == info["chosen"]  # the slower one is not chosen
+    assert info["candidates_s"]["slow"] > info["candidates_s"]["fast"]
+    assert made == [3, 3]  # each candidate rotates the sweep's 3 weight copies
+    assert info["timed_as"] == {
+        "weight_copies": 3,
+        "platform": "cpu",
+        "warmup_reps": 3,
+        "warmup_s": 0.0,
+        "warmup_agree": None,
+    }
+    # Outside a sweep: one copy, the default warm-up. With several processes, process 0's
+    # choice (here: always the first candidate) wins over this process's own.
+    chosen, info = autotune.fastest(fns, (x,), autotune.Like(decide=lambda i: 0))
+    assert chosen == "slow" and made[2:] == [1, 1]
+
+
+def test_autotune_warms_up_as_the_sweep_does_on_the_platform():
+    like = autotune.Like(spec=timing.TimingSpec(warmup_reps=4))
+    gpu = autotune.spec_for(like, "gpu")
+    assert gpu.warmup_s >= 0.2 and gpu.warmup_agree is not None and gpu.warmup_reps == 4
+    assert gpu.time_budget_s == autotune.SPEC.time_budget_s  # its own short stopping rule
+    cpu = autotune.spec_for(like, "cpu")  # no: a CPU keeps the sweep's short warm-up
+    assert cpu.warmup_s == 0.05 and cpu.warmup_agree is None and cpu.warmup_reps == 4
+
+
+def test_the_sweep_times_dispatch_candidates_with_its_weight_copies(tmp_path):
+    grid = {"widths": ["32"], "ffn_widths": ["48"], "experts": ["4"], "dispatches": ["auto"]}
+    cfg = make_config(tmp_path, model="moe_layer", grid=grid, batch_sizes=("2",), weight_copies=2)
+    assert run_in_process(cfg) == 0
+    (r,) = results.load(str(tmp_path / results.RESULTS))
+    info = r["metrics"]["dispatch"]
+    assert info["timed_as"]["weight_copies"] == 2 and info["timed_as"]["warmup_reps"] == 1
+    assert set(info["candidates_s"]) == set(dispatch.candidates("cpu"))
+    assert r["params"]["dispatch"] == "auto" and info["chosen"] in info["candidates_s"]
+    assert r["time"]["warmup_calls"] == 1  # a CPU: the count alone (FAST_TIMING: 1, 0 s)
 
 
 # ---- the sweep ------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 place of the dense one every N layers.
 
 Parameters of one MoE FFN: `router` (D×E), `experts` ({"expert_i": {"gate", "up",
-"down"}}: separate arrays per expert, see batchlab.moe.dispatch) and, with shared
+"down"}}: separate arrays per expert, see batchlab.moe.dispatch; {"gate": E×D×F, "up",
+"down"} stacked for the dispatches that take a stack, dispatch.STACKED, built once at
+init or by for_dispatch, never inside a call) and, with shared
 experts (DeepSeek-V3), `shared` (the same, one per shared expert; every token runs
 through all of them, their outputs added to the routed ones). The auxiliary-loss-free
 selection bias lives in its own collection, `balance` ({"bias": E}), which training
@@ -74,6 +76,30 @@ def expert_list(experts: dict) -> list:
     return [experts[f"expert_{i}"] for i in range(len(experts))]
 
 
+def experts_for(experts: dict, name: str) -> dict:
+    """One MoE layer's `experts` parameter in the layout dispatch `name` takes: stacked
+    for dispatch.STACKED, else one dict per expert; the same values either way."""
+    if name in dispatch.STACKED:
+        return experts if _stacked(experts) else dispatch.stack(expert_list(experts))
+    if not _stacked(experts):
+        return experts
+    return {f"expert_{i}": w for i, w in enumerate(dispatch.unstack(experts))}
+
+
+def _stacked(experts: dict) -> bool:
+    return "expert_0" not in experts
+
+
+def for_dispatch(variables, name: str):
+    """A copy of a variables tree (or a params tree) with every MoE FFN's experts laid out
+    for dispatch `name` (experts_for); other leaves are shared, not copied."""
+    if not isinstance(variables, dict):
+        return variables
+    if "router" in variables and "experts" in variables:
+        return variables | {"experts": experts_for(variables["experts"], name)}
+    return {k: for_dispatch(v, name) for k, v in variables.items()}
+
+
 def moe_apply(
     params: dict, bias_E, x_BxD, moe: MoEConfig, precision=None, offset=None, jitter_key=None
 ):
@@ -92,7 +118,8 @@ def moe_apply(
         top_groups=moe.top_groups,
         scale=moe.route_scale,
     )
-    experts = expert_list(params["experts"])
+    experts = params["experts"]
+    experts = experts if _stacked(experts) else expert_list(experts)
     y_BxD = dispatch.run(moe.dispatch, experts, x_BxD, r, precision, moe.skip_idle)
     for w in expert_list(params.get("shared", {})):
         y_BxD = y_BxD + dispatch.expert_ffn(w, x_BxD, precision).astype(y_BxD.dtype)
@@ -114,8 +141,9 @@ class MoEFFN(nn.Module):
         )
         experts = self.param(
             "experts",
-            lambda key: init_experts(
-                key, cfg.width, cfg.ffn, moe.experts, cfg.gated_ffn, cfg.dtype
+            lambda key: experts_for(
+                init_experts(key, cfg.width, cfg.ffn, moe.experts, cfg.gated_ffn, cfg.dtype),
+                moe.dispatch,
             ),
         )
         params = {"router": router, "experts": experts}

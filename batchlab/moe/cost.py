@@ -6,7 +6,9 @@ capacity_factor and shared_experts S. Over B tokens:
            S·B rows of the shared experts. The rows follow the dispatch (`rows`): "slots"
            runs each expert some copy reached on its C slots (C = B when dropless: an
            expert may take every token); "sorted" and "ragged" run the copies kept, B·k
-           when dropless; "auto" (not yet resolved to one) counts REFERENCE 2.7's ideal:
+           when dropless; "sorted_gather" every row of its static blocks (dispatch.
+           gather_blocks: the kept copies padded to whole blocks, and blocks for any
+           loads), which all run; "auto" (not yet resolved to one) counts REFERENCE 2.7's ideal:
            the padded capacity E·C, or B·k for the dropless routers (dropless,
            deepseek_v3);
   weights  the router, plus the experts read: the expected number some token picked,
@@ -15,12 +17,14 @@ capacity_factor and shared_experts S. Over B tokens:
            tokens); and every shared expert;
   activations  x in and y out, fp32 logits, and per routed row: the gathered input, each
            matmul's input and output, the expert output combined back; per shared row
-           the same less the gather.
+           the same less the gather; for "sorted_gather", each block's gathered copy of
+           its expert's weights, written and read back.
 """
 
 import math
 
 from batchlab.cost import Cost
+from batchlab.moe import dispatch as moedispatch
 from batchlab.moe import expert_parallel, routing
 from batchlab.numerics import Numerics
 
@@ -47,7 +51,27 @@ def rows(point, tokens: int) -> float:
         return experts_read(point, tokens) * slots
     if dispatch in ("sorted", "ragged"):
         return float(tokens * k if dropless else min(tokens * k, e * slots))
+    if dispatch == "sorted_gather":
+        big, blocks = gather_blocks(point, tokens)
+        return float(big * blocks)
     return float(tokens * k if dropless else e * slots)
+
+
+def copies(point, tokens: int) -> int:
+    """Token copies a router makes of `tokens` tokens: k each (token choice, dropless,
+    deepseek_v3), or C per expert (expert choice)."""
+    e, k = point["experts"], point["top_k"]
+    if point["router"] == "expert_choice":
+        return e * routing.capacity(tokens, k, e, point["capacity_factor"])
+    return tokens * k
+
+
+def gather_blocks(point, tokens: int) -> tuple[int, int]:
+    """(rows per block, blocks) of the sorted_gather dispatch at this point."""
+    e, k = point["experts"], point["top_k"]
+    dropless = point["router"] in routing.DROPLESS
+    cap = tokens if dropless else routing.capacity(tokens, k, e, point["capacity_factor"])
+    return moedispatch.gather_blocks(copies(point, tokens), tokens, e, cap)
 
 
 def experts_read(point, tokens: int) -> float:
@@ -67,11 +91,14 @@ def layer_cost(point, tokens: int, numerics: Numerics, experts_read_override=Non
     read = experts_read(point, tokens) if experts_read_override is None else experts_read_override
     shared = point.get("shared_experts", 0)
     per_row = sum(m + o for m, o in mats)
+    gathered = 0
+    if point.get("dispatch") == "sorted_gather":
+        gathered = 2 * gather_blocks(point, tokens)[1] * per_expert
     return Cost(
         flops=2 * tokens * d * e + 2 * (n_rows + shared * tokens) * per_expert,
         weight_bytes=s * (d * e + (read + shared) * per_expert),
         activation_bytes=s
-        * (2 * tokens * d + n_rows * (2 * d + per_row) + shared * tokens * (d + per_row))
+        * (2 * tokens * d + n_rows * (2 * d + per_row) + shared * tokens * (d + per_row) + gathered)
         + 4 * tokens * e,
     )
 

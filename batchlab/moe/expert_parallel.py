@@ -45,9 +45,11 @@ def buffer_capacity(capacity: int, local_tokens: int, group: str) -> int:
 
 
 def stack_experts(experts: dict) -> dict:
-    """{"expert_i": {"up": D×F, ...}} -> {"up": E×D×F, ...}: one array per matrix, to split."""
-    ws = [experts[f"expert_{i}"] for i in range(len(experts))]
-    return {name: jnp.stack([w[name] for w in ws]) for name in ws[0]}
+    """{"expert_i": {"up": D×F, ...}} -> {"up": E×D×F, ...}: one array per matrix, to split
+    (experts already stacked, for a stacked dispatch, are returned as they are)."""
+    if "expert_0" not in experts:
+        return experts
+    return dispatch.stack([experts[f"expert_{i}"] for i in range(len(experts))])
 
 
 def layer(mesh, moe, group: str, precision=None, with_offset: bool = False):

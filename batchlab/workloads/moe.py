@@ -7,9 +7,12 @@ Each record gets `metrics`: the balance metrics of every MoE layer on the point'
 inputs (batchlab.moe.balance; the sequence-wise loss per prompt for prefill, over the
 whole group for moe_layer and a decode step, whose B tokens are one per sequence) and
 the dispatch used, with the time of each candidate when it was chosen by measurement
-(--dispatches=auto). Shared experts (--shared_experts) run on every token of all three;
-under expert parallelism (moe_layer with an "expert" axis) they and deepseek_v3's group
-limit and scale are refused, since batchlab.moe.expert_parallel runs neither yet.
+(--dispatches=auto: batchlab.autotune, each candidate timed as the sweep times the point).
+The weights hold the experts in the chosen dispatch's layout (stacked for ragged and
+sorted_gather), built here, outside the timed call. Shared experts (--shared_experts) run
+on every token of all three; under expert parallelism (moe_layer with an "expert" axis)
+they and deepseek_v3's group limit and scale are refused, since
+batchlab.moe.expert_parallel runs neither yet.
 
 moe_layer also takes what the routing comparison (experiments.routing) varies: a logit
 skew s, which adds s·(2e/(E−1) − 1) to expert e's logit (a router biased on purpose, its
@@ -76,7 +79,8 @@ MOE_PARAMS = (
         str,
         ("auto",),
         "slots (gather/scatter, E×C), sorted (exact grouped matmul), ragged (lax.ragged_dot), "
-        "or auto: the fastest of them, measured at each point.",
+        "sorted_gather (sorted, in whole blocks, with no per-expert conditional), or auto: "
+        "the fastest of them, measured at each point (sorted_gather on GPU/TPU only).",
         choices=dispatch.DISPATCHES,
     ),
     Param(
@@ -232,19 +236,25 @@ def _validate_groups(point: Point) -> None:
         )
 
 
-def _choose_dispatch(point, args, numerics) -> tuple[str, dict]:
-    """The point's dispatch, timing each implementation on the layer when it is "auto";
-    `args` are (params, bias_E, x_BxD) and maybe a logit offset."""
+def _choose_dispatch(point, params, bias_E, inputs, numerics) -> tuple[str, dict]:
+    """The point's dispatch and what to record of the choice: when it is "auto", each
+    candidate on this platform (dispatch.candidates) timed on the layer as the sweep will
+    time the point (batchlab.autotune), with its experts in its own layout, built before
+    timing (models.moe.for_dispatch); `inputs` are x_BxD and maybe a logit offset."""
     if point["dispatch"] != "auto":
         return point["dispatch"], {"chosen": point["dispatch"]}
-    fns = {
-        name: lambda p, b, x, o=None, name=name: mm.moe_apply(
-            p, b, x, moe_config(point, name), numerics.lax_precision, o
-        )[0]
-        for name in dispatch.IMPLS
-    }
-    chosen, times = autotune.fastest(fns, args)
-    return chosen, {"chosen": chosen, "candidates_s": times}
+    platform = next(iter(inputs[0].devices())).platform
+
+    def candidate(name):
+        moe = moe_config(point, name)
+
+        def fn(w, x, o=None):
+            return mm.moe_apply(w["params"], w["bias"], x, moe, numerics.lax_precision, o)[0]
+
+        return fn, {"params": mm.for_dispatch(params, name), "bias": bias_E}
+
+    names = dispatch.candidates(platform)
+    return autotune.fastest({name: candidate(name) for name in names}, tuple(inputs))
 
 
 def _load_router(point, params_list, balance_list):
@@ -328,10 +338,11 @@ def build_layer(point: Point, batch: int, numerics: Numerics, key) -> Workload:
     if point["router"] == UNIFORM:  # the picks come from the offset's random logits alone
         params["router"] = jnp.zeros_like(params["router"])
     offset = _logit_offset(point, batch, key)
-    weights = {"params": params, "balance": bal}
     inputs = (x_BxD,) if offset is None else (x_BxD, offset)
-    chosen, dispatch_info = _choose_dispatch(point, (params, bal["bias"], *inputs), numerics)
+    chosen, dispatch_info = _choose_dispatch(point, params, bal["bias"], inputs, numerics)
     moe = moe_config(point, chosen)
+    # The experts as the chosen dispatch takes them (stacked for ragged), built here, once.
+    weights = {"params": mm.for_dispatch(params, chosen), "balance": bal}
 
     def fn(w, x, o=None):
         return mm.moe_apply(w["params"], w["balance"]["bias"], x, moe, cfg.precision, o)[0]
@@ -477,8 +488,11 @@ def _build_decoder(point, numerics, key, tokens_BxS, positions_BxS, cache):
     _load_router(point, params, biases)
     n = tokens_BxS.size
     x_BxD = jax.random.normal(jax.random.fold_in(key, 7), (n, point["width"]), numerics.jnp_dtype)
-    chosen, dispatch_info = _choose_dispatch(point, (params[0], biases[0]["bias"], x_BxD), numerics)
+    chosen, dispatch_info = _choose_dispatch(
+        point, params[0], biases[0]["bias"], (x_BxD,), numerics
+    )
     model, moe = model_of(point, numerics, chosen)
+    weights = mm.for_dispatch(weights, chosen)  # the experts as the chosen dispatch takes them
     ms = _balance_metrics(
         lambda *a: mm.routings(model, *a),
         weights,
