@@ -87,8 +87,16 @@ def plan(
     )
 
 
-def _timed(fn, arg_sets, spec=SPEC) -> float:
+def _spec_for(args) -> timing.TimingSpec:
+    """SPEC with the warm-up for the platform the arguments live on (an accelerator warms
+    up until its calls agree, timing.for_platform)."""
+    leaf = jax.tree.leaves(args)[0]
+    return timing.for_platform(SPEC, next(iter(leaf.devices())).platform)
+
+
+def _timed(fn, arg_sets) -> float:
     """Median seconds of one call of fn, cycling through `arg_sets`."""
+    spec = _spec_for(arg_sets[0])
     compiled = timing.compile_ahead(fn, arg_sets[0]).compiled
 
     def call(i):
@@ -105,7 +113,7 @@ def _timed_donated(jitted, table, idx, upd) -> float:
     def call(i):
         state["t"] = jax.block_until_ready(compiled(state["t"], idx, upd))
 
-    return timing.time_calls(call, SPEC).median_s
+    return timing.time_calls(call, _spec_for(table)).median_s
 
 
 class _Rand:
