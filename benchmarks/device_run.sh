@@ -64,8 +64,9 @@ sweep() { # sweep NAME LIMIT FLAGS...: a sweep into OUT_DIR/NAME, starting from 
   if [ -f "$out/calibration.json" ] && [ ! -f "$out/$name/calibration.json" ]; then
     mkdir -p "$out/$name" && cp "$out/calibration.json" "$out/$name/calibration.json"
   fi
-  step "sweep $name" "$limit" "$python" -m experiments.sweep --out_dir="$out/$name" \
-    "${common[@]}" "$@"
+  # After the flags (a flagfile names an --out_dir of its own): OUT_DIR and the shared files.
+  step "sweep $name" "$limit" "$python" -m experiments.sweep "$@" "${common[@]}" \
+    --out_dir="$out/$name"
   if [ ! -f "$out/calibration.json" ] && [ -f "$out/$name/calibration.json" ]; then
     cp "$out/$name/calibration.json" "$out/calibration.json"
   fi
