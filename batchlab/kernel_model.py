@@ -43,6 +43,20 @@ BYTES_TABLE = {
 BLOCK_RUN = 16
 
 
+def tables_for(ks) -> set[str]:
+    """The profile tables the model needs to price these kernels (the stream table
+    always: the fallback of every other, and what block copies use)."""
+    need = {"stream"}
+    for k in ks:
+        if k.cls == "matmul":
+            need.add("batched" if k.dim("batch") > 1 else "matmul")
+        elif k.cls == "conv":
+            need.add("conv")
+        else:
+            need.add(BYTES_TABLE.get(k.cls, "stream"))
+    return need
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelTime:
     kernel: Kernel

@@ -324,30 +324,6 @@ TABLES = (
     "matmul", "batched", "conv", "stream", "reduction", "copy", "reduce_window", "gather",
     "scatter", "collective",
 )  # fmt: skip
-# The profile's table that prices each kernel class (batch dims make a matmul "batched").
-TABLE_OF = {
-    "matmul": "matmul",
-    "conv": "conv",
-    "elementwise": "stream",
-    "reduction": "reduction",
-    "copy": "copy",
-    "reduce_window": "reduce_window",
-    "gather": "gather",
-    "dynamic_slice": "gather",
-    "scatter": "scatter",
-    "dynamic_update_slice": "scatter",
-    "collective": "collective",
-}
-
-
-def tables_for(ks) -> set[str]:
-    """The tables the model needs to price these kernels (the stream table always)."""
-    need = {"stream"}
-    for k in ks:
-        need.add(
-            "batched" if k.cls == "matmul" and k.dim("batch") > 1 else TABLE_OF.get(k.cls, "stream")
-        )
-    return need
 
 
 def _device_plan(device) -> Plan:

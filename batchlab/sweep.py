@@ -119,7 +119,7 @@ class Model:
 
     def fields(self, ks: list, working_set: float, seconds: float) -> dict:
         """The model's prediction for a measured point: prediction fields and kernels."""
-        lookup = kernel_model.Lookup(self.store.profile(profile.tables_for(ks)))
+        lookup = kernel_model.Lookup(self.store.profile(kernel_model.tables_for(ks)))
         m = kernel_model.predict(ks, lookup, working_set, self.cache_bytes)
         return {
             "model_s": m.model_s,

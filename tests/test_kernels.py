@@ -204,3 +204,13 @@ def test_a_smaller_matmul_measured_slower_than_a_larger_one_is_capped():
     assert kernel_model.Lookup(PROFILE).seconds(mm, cold=False) == pytest.approx(
         1e-9 * 2 * 4 * 64 * 64
     )
+
+
+def test_the_tables_a_points_kernels_need():
+    attention = kernels.Kernel("matmul", 1, 1, 1, (("batch", 8), ("k", 64), ("m", 1), ("n", 256)))
+    dense = kernels.Kernel("matmul", 1, 1, 1, (("batch", 1), ("k", 64), ("m", 1), ("n", 64)))
+    dus = kernels.Kernel("dynamic_update_slice", 0, 1, 1)
+    assert kernel_model.tables_for([attention, dense, dus]) == {
+        "batched", "matmul", "scatter", "stream",
+    }  # fmt: skip
+    assert kernel_model.tables_for([]) == {"stream"}  # the fallback of every table
