@@ -17,6 +17,16 @@ FIXED = dict(peak_flops=100e9, bandwidth=20e9)
 # Tests measure no device profile (tests/test_model_profile.py does, on a tiny plan).
 NO_MODEL = dict(model_profile="off")
 NO_MODEL_FLAG = "--model_profile=off"
+# Command-line flags of a seconds-long sweep: short timing, fixed ceilings, no model.
+FAST_FLAGS = [
+    "--time_budget_s=0.01",
+    "--min_reps=2",
+    "--warmup_reps=0",
+    "--peak_flops=1e11",
+    "--bandwidth=1e10",
+    "--predict_for=",
+    NO_MODEL_FLAG,
+]
 # A small decoder point (GQA, RoPE, SwiGLU) for tests of the decoder families.
 SMALL_DECODER = {
     "depth": 2,

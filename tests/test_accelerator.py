@@ -11,20 +11,12 @@ import sys
 
 import device_fault_family as fam
 import pytest
-from conftest import NO_MODEL_FLAG, ROOT, make_config, run_cli
+from conftest import FAST_FLAGS, ROOT, make_config, run_cli
 
 from batchlab import distributed, faults, isolation, record, reproduce, results, sweep
 from batchlab.config import grid_points
 
-FAST = [
-    "--time_budget_s=0.01",
-    "--min_reps=2",
-    "--warmup_reps=0",
-    "--peak_flops=1e11",
-    "--bandwidth=1e10",
-    "--predict_for=",
-    NO_MODEL_FLAG,
-]
+FAST = FAST_FLAGS
 TINY = ["--model=mlp", "--depths=1", "--widths=16", "--batch_sizes=1,2", *FAST]
 
 

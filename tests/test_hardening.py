@@ -18,23 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NO_MODEL_FLAG, ROOT, make_config, run_cli
+from conftest import FAST_FLAGS, ROOT, make_config, run_cli
 
 from batchlab import combine, files, isolation, record, report, results, summary, sweep
 from batchlab.config import grid_points
 from batchlab.errors import ConfigError
 from batchlab.report import sources
 
-FAST = [
-    "--time_budget_s=0.01",
-    "--min_reps=2",
-    "--warmup_reps=0",
-    "--peak_flops=1e11",
-    "--bandwidth=1e10",
-    "--noplot",
-    "--predict_for=",
-    NO_MODEL_FLAG,
-]
+FAST = [*FAST_FLAGS, "--noplot"]
 TINY = ["--model=mlp", "--depths=1", "--widths=16", *FAST]
 BATCHES = "--batch_sizes=1,2,3,4,5,6,7,8"
 IDS = {f"mlp/depth=1,input_width=0,width=16/b={b}" for b in range(1, 9)}
