@@ -328,10 +328,30 @@ def _class(ops: Iterable[str]) -> str:
     return "elementwise"
 
 
+def _updated_in_place(p: str, uses: list[Instruction], local: dict[str, Shape]) -> bool:
+    """Whether fusion parameter `p` is the target of in-place updates, read otherwise only
+    by dynamic slices of the very region a dynamic-update-slice writes (as XLA requires
+    to keep the buffer)."""
+    updates = [u for u in uses if u.opcode in _IN_PLACE and u.operands[0] == p]
+    if not updates:
+        return False
+    regions = {
+        (tuple(u.operands[2:]), local[u.operands[1]].dims)
+        for u in updates
+        if u.opcode == "dynamic-update-slice"
+    }
+    return all(
+        u in updates
+        or (u.opcode == "dynamic-slice" and (tuple(u.operands[1:]), u.shape.dims) in regions)
+        for u in uses
+    )
+
+
 def _fusion_bytes(inst: Instruction, body: list[Instruction]) -> tuple[float, float]:
     """(read, written) of a fusion: each parameter whole, unless it is only sliced (then
-    what the slices take) or only the target of an in-place dynamic-update-slice (then
-    nothing: the update is read, and written, instead of the buffer)."""
+    what the slices take) or only the target of an in-place dynamic-update-slice, read
+    at most by dynamic slices (then what those take: the update is read, and written,
+    instead of the buffer)."""
     local = {i.name: i.shape for i in body}
     params = {i.name: i for i in body if i.opcode == "parameter"}
     users: dict[str, list[Instruction]] = {}
@@ -348,9 +368,13 @@ def _fusion_bytes(inst: Instruction, body: list[Instruction]) -> tuple[float, fl
             u.opcode in ("slice", "dynamic-slice", "gather") and u.operands[0] == p for u in uses
         ):
             read += sum(float(u.shape.nbytes) for u in uses)
-        elif uses and all(u.opcode in _IN_PLACE and u.operands[0] == p for u in uses):
-            update = sum(float(local[u.operands[_IN_PLACE[u.opcode]]].nbytes) for u in uses)
-            in_place += full - update  # the output is the buffer: only the update is written
+        elif _updated_in_place(p, uses, local):
+            # The output is the buffer: only the update is written. Reading the old value
+            # of the same slice first (a decoder's masked KV-cache write) keeps it so.
+            updates = [u for u in uses if u.opcode in _IN_PLACE]
+            update = sum(float(local[u.operands[_IN_PLACE[u.opcode]]].nbytes) for u in updates)
+            in_place += full - update
+            read += sum(float(u.shape.nbytes) for u in uses if u.opcode == "dynamic-slice")
         else:
             read += full
     return read, max(0.0, written - in_place)

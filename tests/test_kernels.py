@@ -1,6 +1,8 @@
 """Kernels read from optimized HLO, and the per-kernel model on a hand-made profile, against
 hand calculations."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -81,6 +83,29 @@ def test_an_in_place_update_moves_only_the_update():
     moved = kernels.totals(ks)["bytes"]
     assert moved <= 4 * (2 * 4 * 8) + 64  # the update read and written, and the indices
     assert moved < cache.nbytes / 10
+
+
+def test_a_masked_update_that_reads_its_own_slice_stays_in_place():
+    # A decoder's KV-cache write: keep the old value of the slice where a flag says so.
+    cache, new = jnp.ones((1, 4096, 8, 64)), jnp.ones((1, 1, 8, 64))
+
+    def masked(c, u, p, f):
+        old = jax.lax.dynamic_slice(c, (0, p, 0, 0), (1, 1, 8, 64))
+        return jax.lax.dynamic_update_slice(c, jnp.where(f, u, old), (0, p, 0, 0))
+
+    ks, compiled = kernels_of(masked, cache, new, jnp.int32(100), jnp.bool_(True), donate=(0,))
+    (k,) = ks
+    # The update read and written, the old slice read, the indices: 3 x 2 KiB and a few.
+    assert k.cls == "dynamic_update_slice"
+    assert 3 * new.nbytes <= kernels.totals(ks)["bytes"] <= 3 * new.nbytes + 64
+    # The same fusion reading another region (the slice at 0) than the one it writes: not
+    # in place, the whole buffer is read.
+    hlo = compiled.as_text()
+    (line,) = [x for x in hlo.splitlines() if "dynamic-slice(" in x]
+    ops = re.search(r"dynamic-slice\(([^)]*)\)", line).group(1).split(", ")
+    moved = line.replace(", ".join(ops), ", ".join([ops[0], *[ops[1]] * (len(ops) - 1)]))
+    other = kernels.extract(hlo.replace(line, moved))
+    assert kernels.totals(other)["bytes"] >= cache.nbytes
 
 
 def test_identical_kernels_merge_with_their_count():
