@@ -42,9 +42,13 @@ SMALL_DECODER = {
 }
 
 
+# The scripts that run sweeps from the sweep's flags.
+SWEEPS = ("experiments.sweep", "experiments.routing")
+
+
 def run_cli(*args, module="experiments.sweep", timeout=300):
     """Runs `python -m MODULE ARGS` from the repository root; returns the CompletedProcess."""
-    if module == "experiments.sweep":
+    if module in SWEEPS:
         args = (NO_MODEL_FLAG, *args)  # a later --model_profile (a flagfile's too) wins
     return subprocess.run(
         [sys.executable, "-m", module, *args],

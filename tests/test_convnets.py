@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import NO_MODEL_FLAG
+from conftest import NO_MODEL, NO_MODEL_FLAG
 
 from batchlab import claims, config, results, summary, sweep, timing
 from batchlab.models.convnet import ConvStack, Pool
@@ -304,6 +304,7 @@ def test_pooling_smoke_sweep_end_to_end(tmp_path):
         bandwidth=25e9,
         isolate=False,
         config_name="pooling",
+        **NO_MODEL,
     )
     sweep.init_out_dir(cfg, "# test\n")
     assert sweep.run(cfg, log=lambda line: None) == 0
