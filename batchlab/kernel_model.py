@@ -11,7 +11,8 @@ class and shape. The roofline bounds are the physics; this is the engineering.
                            nearest kernel size measured
   the rest                 seconds against the bytes the kernel moves, interpolated in
                            log-log over the class's table (which shows the caches), linear
-                           in bytes past its largest size
+                           in bytes past its largest size; cold rows where the call's
+                           working set is past the last cache level
 """
 
 import dataclasses
@@ -38,23 +39,31 @@ BYTES_TABLE = {
 }
 
 
-# Copies are priced from the copy table whatever their run (kernels.py tags block copies
-# with dims run=n): pricing block copies as streams made the decoders' error worse on both
-# reference runs (decode 24% -> 27% on the full one), their layout changes being slower
-# than a stream.
+# A copy that keeps rows of its source's minor dimension whole (kernels.py tags it with
+# its run) is a block copy, priced from the copy table; one without is a true transpose,
+# element by element, priced from the transpose table. The decoders' KV-cache layout
+# changes are of both kinds and run at different rates (a plain 2-D transpose priced
+# them up to 2x off).
+
+
+def _table(k: Kernel) -> str:
+    """The bytes table that prices kernel `k` (not a matmul or conv)."""
+    if k.cls == "copy" and not k.dim("run", 0):
+        return "transpose"
+    return BYTES_TABLE.get(k.cls, "stream")
 
 
 def tables_for(ks) -> set[str]:
     """The profile tables the model needs to price these kernels (the stream table
-    always: the fallback of every other, and what block copies use)."""
-    need = {"stream"}
+    always: the fallback of every other; and the fresh pages of every call)."""
+    need = {"stream", "fresh"}
     for k in ks:
         if k.cls == "matmul":
             need.add("batched" if k.dim("batch") > 1 else "matmul")
         elif k.cls == "conv":
             need.add("conv")
         else:
-            need.add(BYTES_TABLE.get(k.cls, "stream"))
+            need.add(_table(k))
     return need
 
 
@@ -72,10 +81,11 @@ class KernelTime:
 class ModelPrediction:
     floor_s: float
     kernels: tuple[KernelTime, ...]
+    fresh_s: float = 0.0  # the call's results and temporaries in new pages
 
     @property
     def model_s(self) -> float:
-        return self.floor_s + sum(k.total_s for k in self.kernels)
+        return self.floor_s + self.fresh_s + sum(k.total_s for k in self.kernels)
 
     def top(self, n: int = 3) -> list[dict]:
         """The largest groups of kernels (class and shape bucket), with their share."""
@@ -92,14 +102,11 @@ class ModelPrediction:
             }
             for what, ks in groups.items()
         ]
-        rows.append(
-            {
-                "kernels": "per-call floor",
-                "count": 1,
-                "seconds": self.floor_s,
-                "share": self.floor_s / total,
-            }
-        )
+        for what, seconds in (("per-call floor", self.floor_s), ("fresh pages", self.fresh_s)):
+            if seconds > 0:
+                rows.append(
+                    {"kernels": what, "count": 1, "seconds": seconds, "share": seconds / total}
+                )
         return sorted(rows, key=lambda r: -r["seconds"])[:n]
 
     def text(self, n: int = 2) -> str:
@@ -121,15 +128,30 @@ def describe(k: Kernel) -> str:
 
 
 def _no_slower_than_larger(rows: list) -> list:
-    """Matmul rows (m, d, cold, s) with each time capped by the times of larger M at the
-    same width: a product of fewer rows can always be run as a larger one (padded), so a
-    smaller one measured slower was caught by noise or a poor path the model should not
-    expect."""
+    """Matmul rows (m, d, cold, s) bounded by the other rows of the same width, both ways a
+    library could run a product as another: fewer rows padded to a larger M (so no slower
+    than any larger M), and more rows as row blocks of a smaller M (so no slower per FLOP
+    than any smaller M). A row past either bound was caught by noise or a poor path the
+    model should not expect."""
     out = []
-    for r in rows:
-        larger = [q[3] for q in rows if q[1] == r[1] and q[0] > r[0]]
-        out.append([*r[:3], min([r[3], *larger])])
+    for m, d, cold, s in rows:
+        same = [(q[0], q[3]) for q in rows if q[1] == d]
+        padded = [s2 for m2, s2 in same if m2 > m]
+        blocked = [s2 * m / m2 for m2, s2 in same if m2 < m]
+        out.append([m, d, cold, min([s, *padded, *blocked])])
     return out
+
+
+def _cold_rows(rows: list) -> list:
+    """A bytes table's (bytes, s) for inputs that come from memory: its cold rows where
+    measured, its warm rows below them (launches dominate) and past them (a single input
+    already outgrows the caches)."""
+    cold = [r[:2] for r in rows if len(r) > 2 and r[2]]
+    warm = [r[:2] for r in rows if len(r) < 3 or not r[2]]
+    if not cold:
+        return warm
+    lo, hi = min(r[0] for r in cold), max(r[0] for r in cold)
+    return [r for r in warm if r[0] < lo or r[0] > hi] + cold
 
 
 class Lookup:
@@ -144,13 +166,15 @@ class Lookup:
         self.launch_s = profile.get("launch_s", 0.0)
         # A table not measured (profiles measure tables as sweeps need them) falls back
         # to the stream table, which every profile has.
-        stream = self._loglog_table(t["stream"])
-        self.bytes = {
-            name: self._loglog_table(t[name]) if t.get(name) else stream
-            for name in set(BYTES_TABLE.values())
-        }
+        self.bytes, self.bytes_cold = {}, {}
+        for name in {*BYTES_TABLE.values(), "transpose"}:
+            rows = t.get(name) or t["stream"]
+            warm = [r[:2] for r in rows if len(r) < 3 or not r[2]]
+            self.bytes[name] = self._loglog_table(warm)
+            self.bytes_cold[name] = self._loglog_table(_cold_rows(rows))
+        self.fresh = sorted(t.get("fresh") or [])
         rows = [(bh * tt * kk * 4, s) for bh, tt, kk, s in t.get("batched", [])]
-        self.batched = self._loglog_table(rows) if rows else stream
+        self.batched = self._loglog_table(rows) if rows else self.bytes["stream"]
         # matmul: seconds per FLOP on a grid of (log M) per width; cold where measured.
         self.matmul = {}
         for cold in (0, 1):
@@ -199,6 +223,17 @@ class Lookup:
             return last_t * nbytes / last_b
         return math.exp(float(np.interp(math.log(max(nbytes, 1.0)), logb, logt)))
 
+    def fresh_seconds(self, nbytes: float) -> float:
+        """What `nbytes` of results and temporaries in new pages cost a call: linear in
+        bytes between the sizes measured and past them, none below (the allocator's
+        reused memory)."""
+        if not self.fresh or nbytes < self.fresh[0][0]:
+            return 0.0
+        sizes, secs = [r[0] for r in self.fresh], [r[1] for r in self.fresh]
+        if nbytes >= sizes[-1]:
+            return secs[-1] * nbytes / sizes[-1]
+        return float(np.interp(nbytes, sizes, secs))
+
     def seconds(self, k: Kernel, cold: bool) -> float:
         """One launch of kernel `k` on the profiled device, net of the per-call floor."""
         if k.cls == "matmul":
@@ -215,15 +250,29 @@ class Lookup:
             grid = self.conv.get(side) or next(iter(self.conv.values()))
             c = math.sqrt(k.dim("c_in") * k.dim("c_out"))
             return max(k.flops, 1.0) * self._at(grid, max(k.dim("outputs"), 1), c)
-        return self._bytes_seconds(self.bytes[BYTES_TABLE.get(k.cls, "stream")], k.bytes)
+        tables = self.bytes_cold if cold else self.bytes
+        return self._bytes_seconds(tables[_table(k)], k.bytes)
+
+
+def fresh_bytes(memory_analysis: dict | None) -> float:
+    """Bytes a call writes into memory it allocates anew: its results that do not alias
+    a donated input, and its temporaries (XLA's memory_analysis)."""
+    m = memory_analysis or {}
+    results = m.get("output_size_in_bytes", 0) - m.get("alias_size_in_bytes", 0)
+    return max(0.0, results) + m.get("temp_size_in_bytes", 0)
 
 
 def predict(
-    kernels: list[Kernel], profile: "dict | Lookup", working_set_bytes: float, cache_bytes: float
+    kernels: list[Kernel],
+    profile: "dict | Lookup",
+    working_set_bytes: float,
+    cache_bytes: float,
+    fresh: float = 0.0,
 ) -> ModelPrediction:
     """The model's time for one call of an executable with these kernels. Weights count
-    as cold when the call's working set exceeds the last cache level (`cache_bytes`)."""
+    as cold when the call's working set exceeds the last cache level (`cache_bytes`);
+    `fresh`: the bytes it writes into new memory (fresh_bytes)."""
     lookup = profile if isinstance(profile, Lookup) else Lookup(profile)
     cold = working_set_bytes > cache_bytes
     times = tuple(KernelTime(k, max(lookup.launch_s, lookup.seconds(k, cold))) for k in kernels)
-    return ModelPrediction(lookup.floor_s, times)
+    return ModelPrediction(lookup.floor_s, times, lookup.fresh_seconds(fresh))

@@ -14,8 +14,13 @@ Tables:
                  stream from memory
   batched        (b, m, k, n) -> s: attention-shaped batched products over a KV cache
   conv           (c, kernel, pixels, batch) -> s: one SAME k x k convolution, C -> C
-  stream, reduction, copy, reduce_window, gather, scatter: bytes moved -> s, over
-                 sizes from a few KiB past the last cache level (so the levels show)
+  stream, reduction, copy, transpose, reduce_window, gather, scatter: (bytes moved,
+                 s[, cold]) over sizes from a few KiB past the last cache level (so the
+                 levels show); copy and transpose on attention-shaped layout changes;
+                 cold rows (but reduction's) rotate inputs past the last cache
+                 level, as in a call whose working set outgrows it; each written into a
+                 buffer already written (a program's temporaries are reused)
+  fresh          result bytes -> s: what a result in new pages costs on top, per call
   collective     bytes per device -> s: a tiled all_to_all over the local devices
                  (with one device, none)
   launch         s per extra kernel, from chains of 1 and 64 dependent tiny matmuls
@@ -31,10 +36,13 @@ import jax.numpy as jnp
 from batchlab import files, hardware, kernels, timing
 from batchlab.numerics import Numerics
 
-VERSION = 2  # 2: matmuls in chains; the smallest streams
+VERSION = 3  # 2: matmuls in chains; the smallest streams. 3: attention-shaped copies
 SPEC = timing.TimingSpec(target_spread=0.05, time_budget_s=0.12, min_reps=5, warmup_reps=2)
-MAX_FLOPS = 2e9  # per matmul point on a CPU: beyond, the rate is flat (compute-bound)
+# Per matmul point on a CPU: large enough that every width reaches about its compute-bound
+# rate (at width 4096 the rate still grows 1.6x from M=32 to M=512).
+MAX_FLOPS = 1e10
 CHAIN = 4  # dependent matmuls per measured program
+COLD_FROM = 2**18  # bytes tables measure cold inputs from this size (below, launches rule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +111,21 @@ def _timed(fn, arg_sets) -> float:
         return jax.block_until_ready(compiled(*arg_sets[i % len(arg_sets)]))
 
     return timing.time_calls(call, spec).median_s
+
+
+def _timed_into(fn, arg_sets) -> float:
+    """Median seconds of one call of fn that writes its result into a donated buffer an
+    earlier call already wrote, as a program's reused temporaries are (a fresh result
+    past the allocator's reuse would come in new pages: the fresh table prices their
+    first touch, once per call, apart)."""
+    state = {"out": jax.block_until_ready(jax.jit(fn)(*arg_sets[0]))}
+    jitted = jax.jit(lambda out, *a: fn(*a), donate_argnums=0, keep_unused=True)
+    compiled = jitted.lower(state["out"], *arg_sets[0]).compile()
+
+    def call(i):
+        state["out"] = jax.block_until_ready(compiled(state["out"], *arg_sets[i % len(arg_sets)]))
+
+    return timing.time_calls(call, _spec_for(arg_sets[0])).median_s
 
 
 def _timed_donated(jitted, table, idx, upd) -> float:
@@ -211,24 +234,69 @@ class _Measure:
             rows.append([c, k, side * side, b, self.net(_timed(conv, [(x, w)]))])
         return rows
 
-    def _bytes(self, shape_of, fn, traffic: float, sizes) -> list:
-        """(bytes moved, s) at each size: past the last cache level it streams."""
-        rows, s = [], self.numerics.itemsize
+    def _bytes(self, shape_of, fn, traffic: float, sizes, cold: bool = True) -> list:
+        """(bytes moved, s, cold) at each size (once per distinct shape): warm, the same
+        input each call (past the last cache level it streams anyway); and cold from
+        COLD_FROM bytes, inputs rotated over more than the last cache level, as a call
+        whose working set outgrows the caches reads its caches and weights."""
+        rows, s, shapes = [], self.numerics.itemsize, []
         for nbytes in sizes:
-            base = self.rand(*shape_of(max(16, nbytes // s)))
-            rows.append([base.nbytes * traffic, self.net(_timed(fn, [(base,)]))])
+            shape = shape_of(max(16, nbytes // s))
+            if shape in shapes:
+                continue
+            shapes.append(shape)
+            base = self.rand(*shape)
+            moved = base.nbytes * traffic
+            rows.append([moved, self.net(_timed_into(fn, [(base,)])), 0])
+            if cold and base.nbytes >= COLD_FROM and 2 * base.nbytes < self.p.cold_bytes:
+                sets = [(base,)] + [
+                    (self.rand.scale(base, 1 + i / 64),)
+                    for i in range(1, -(-self.p.cold_bytes // base.nbytes))
+                ]
+                rows.append([moved, self.net(_timed_into(fn, sets)), 1])
+                del sets
         return rows
 
     def stream(self) -> list:
         return self._bytes(lambda n: (n,), lambda x: x * 1.0001 + 0.5, 2, self.p.stream_bytes)
 
     def reduction(self) -> list:
+        # Warm only: a reduction's input is mostly what the kernel before it wrote.
         return self._bytes(
-            lambda n: (max(1, n // 256), 256), lambda x: x.sum(-1), 1, self.p.stream_bytes
+            lambda n: (max(1, n // 256), 256), lambda x: x.sum(-1), 1, self.p.stream_bytes, False
         )
 
+    def _layout_change(self, perm) -> list:
+        """(bytes moved, s) of a layout change of an attention-shaped array (N, T, 8, 64),
+        T up to 2048: the KV-cache and head transposes decoders run. (A chain of them in
+        one program measures one: XLA turns all but the last into layout choices.)"""
+
+        def shape(n):
+            n_rows = max(1, n // 512)
+            t = min(n_rows, 2048)
+            return (max(1, n_rows // t), t, 8, 64)
+
+        return self._bytes(shape, lambda x: jnp.transpose(x, perm), 2, self.p.stream_bytes)
+
     def copy(self) -> list:
-        return self._bytes(lambda n: (max(1, n // 256), 256), lambda x: x.T, 2, self.p.stream_bytes)
+        """Block copies: rows of the minor dimension move whole, (N,T,H,D) -> (N,H,T,D)."""
+        return self._layout_change((0, 2, 1, 3))
+
+    def transpose(self) -> list:
+        """True transposes, element by element: (N,T,H,D) -> (N,H,D,T)."""
+        return self._layout_change((0, 2, 3, 1))
+
+    def fresh(self) -> list:
+        """(bytes, s) of a result in fresh pages, per call: a stream into new memory less
+        the same stream into a buffer already written, from COLD_FROM bytes (smaller
+        results reuse the allocator's memory)."""
+        rows, op = [], lambda x: x * 1.0001 + 0.5
+        for nbytes in self.p.stream_bytes:
+            if nbytes >= COLD_FROM:
+                base = self.rand(nbytes // self.numerics.itemsize)
+                extra = _timed(op, [(base,)]) - _timed_into(op, [(base,)])
+                rows.append([base.nbytes, max(0.0, extra)])
+        return rows
 
     def reduce_window(self) -> list:
         def pool(x):
@@ -256,7 +324,7 @@ class _Measure:
             table = self._rows_of(nbytes)
             idx = jnp.arange(0, table.shape[0], 2, dtype=jnp.int32)
             moved = idx.size * table.shape[1] * self.numerics.itemsize * 2
-            rows.append([moved, self.net(_timed(lambda t, i: t[i], [(table, idx)]))])
+            rows.append([moved, self.net(_timed_into(lambda t, i: t[i], [(table, idx)]))])
         return rows
 
     def scatter(self) -> list:
@@ -321,8 +389,8 @@ class _Measure:
 
 
 TABLES = (
-    "matmul", "batched", "conv", "stream", "reduction", "copy", "reduce_window", "gather",
-    "scatter", "collective",
+    "matmul", "batched", "conv", "stream", "reduction", "copy", "transpose", "reduce_window",
+    "gather", "scatter", "fresh", "collective",
 )  # fmt: skip
 
 
@@ -449,7 +517,15 @@ def from_datasheet(spec, numerics: Numerics) -> dict:
     tables = {"matmul": matmul, "batched": batched, "conv": conv}
     tables |= {
         name: streams
-        for name in ("stream", "reduction", "copy", "reduce_window", "gather", "scatter")
+        for name in (
+            "stream",
+            "reduction",
+            "copy",
+            "transpose",
+            "reduce_window",
+            "gather",
+            "scatter",
+        )  # fmt: skip
     }
     return {
         "floor_s": FLOOR_S.get(spec.kind, FLOOR_S["gpu"]),

@@ -117,10 +117,10 @@ class Model:
         store = profile.Store(path, device, config.numerics, log)
         return cls(store, max(caches.values(), default=0), sheets)
 
-    def fields(self, ks: list, working_set: float, seconds: float) -> dict:
+    def fields(self, ks: list, working_set: float, fresh: float, seconds: float) -> dict:
         """The model's prediction for a measured point: prediction fields and kernels."""
         lookup = kernel_model.Lookup(self.store.profile(kernel_model.tables_for(ks)))
-        m = kernel_model.predict(ks, lookup, working_set, self.cache_bytes)
+        m = kernel_model.predict(ks, lookup, working_set, self.cache_bytes, fresh)
         return {
             "model_s": m.model_s,
             "model_error": seconds / m.model_s - 1,
@@ -297,7 +297,8 @@ def measure_point(
     fields = roofline_fields(config, point_for_cost, batch, ceilings)
     modelled = {}
     if model is not None:
-        modelled = model.fields(ks, working_set, stats.median_s)
+        fresh = kernel_model.fresh_bytes(compiled.memory_analysis)
+        modelled = model.fields(ks, working_set, fresh, stats.median_s)
         for key in fields["predicted"]:
             fields["predicted"][key]["prediction"] |= model.target(key, ks, working_set)
     return record.measured(

@@ -150,9 +150,12 @@ PROFILE = {
         "stream": [[1e3, 1e-7], [1e6, 1e-4], [1e7, 1e-2], [1e8, 1e-1]],
         "reduction": [[1e3, 1e-6], [1e8, 1e-1]],
         "copy": [[1e3, 1e-6], [1e8, 1e-1]],
+        "transpose": [[1e3, 2e-6], [1e8, 2e-1]],  # element by element: half the copy's rate
         "reduce_window": [[1e3, 1e-6], [1e8, 1e-1]],
         "gather": [[1e3, 1e-6], [1e8, 1e-1]],
         "scatter": [[1e3, 1e-6], [1e8, 1e-1]],
+        # New pages cost 0.1 ns a byte, on results of 1 kB and more.
+        "fresh": [[1e3, 1e-7], [1e8, 1e-2]],
     },
     "launch_s": 5e-7,
 }
@@ -194,8 +197,26 @@ def test_the_model_interpolates_and_extrapolates_in_log_space():
     stream = kernels.Kernel("elementwise", 0, 10**6.5, 0)
     assert lookup.seconds(stream, cold=False) == pytest.approx(1e-3)
     # Past the largest size, linear in bytes.
-    big = kernels.Kernel("copy", 0, 1e9, 0)
+    big = kernels.Kernel("copy", 0, 1e9, 0, (("run", 64),))
     assert lookup.seconds(big, cold=False) == pytest.approx(1.0)  # 1e8 B in 0.1 s
+
+
+def test_a_call_past_the_caches_prices_bytes_from_the_cold_rows():
+    # Streams measured cold from 1 MB to 10 MB at a tenth of the warm rate.
+    prof = dict(PROFILE, tables=dict(PROFILE["tables"]))
+    prof["tables"]["stream"] = PROFILE["tables"]["stream"] + [[1e6, 1e-3, 1], [1e7, 1e-1, 1]]
+    lookup = kernel_model.Lookup(prof)
+    mid = kernels.Kernel("elementwise", 0, 10**6.5, 0)
+    assert lookup.seconds(mid, cold=False) == pytest.approx(1e-3)  # warm, as before
+    assert lookup.seconds(mid, cold=True) == pytest.approx(1e-2)
+    # Below and past the cold rows, the warm ones.
+    for nbytes in (1e3, 1e8):
+        k = kernels.Kernel("elementwise", 0, nbytes, 0)
+        assert lookup.seconds(k, cold=True) == lookup.seconds(k, cold=False)
+    # A program whose working set fits the caches is priced warm.
+    warm = kernel_model.predict([mid], prof, working_set_bytes=1e6, cache_bytes=32e6)
+    cold = kernel_model.predict([mid], prof, working_set_bytes=1e9, cache_bytes=32e6)
+    assert (warm.model_s, cold.model_s) == pytest.approx((5e-6 + 1e-3, 5e-6 + 1e-2))
 
 
 def test_a_transpose_that_keeps_rows_contiguous_is_a_block_copy():
@@ -207,18 +228,23 @@ def test_a_transpose_that_keeps_rows_contiguous_is_a_block_copy():
     assert (b.cls, b.dim("run", 0)) == ("copy", 64)  # rows of 64 elements move whole
     assert (f.cls, f.dim("run", 0)) == ("copy", 0)  # element by element
     assert b.bytes == f.bytes == 2 * x.nbytes
-    # Both are priced from the copy table by their bytes (not as a stream: kernel_model's note).
+    # The block copy is priced from the copy table, the true transpose from the transpose
+    # table (at 2e-9 s per byte, twice the copy's), neither as a stream.
     lookup = kernel_model.Lookup(PROFILE)
-    assert lookup.seconds(f, cold=False) == lookup.seconds(b, cold=False)
+    assert lookup.seconds(b, cold=False) == pytest.approx(1e-9 * b.bytes)
+    assert lookup.seconds(f, cold=False) == pytest.approx(2e-9 * f.bytes)
     stream = kernels.Kernel("elementwise", 0, b.bytes, 0)
     assert lookup.seconds(b, cold=False) != lookup.seconds(stream, cold=False)
+    assert kernel_model.tables_for([b]) == {"copy", "stream", "fresh"}
+    assert kernel_model.tables_for([f]) == {"transpose", "stream", "fresh"}
 
 
 def test_a_smaller_matmul_measured_slower_than_a_larger_one_is_capped():
     noisy = dict(PROFILE, tables=dict(PROFILE["tables"]))
-    # M=4 at width 64 measured 100x slower than M=64 (a glitch): priced as M=64's time.
+    # M=1 and 4 at width 64 measured 100x slower than M=64 (a glitch): M=4 is priced as
+    # M=64's time (run padded), not as four of the glitched M=1 (run in row blocks).
     noisy["tables"]["matmul"] = [
-        r if (r[0], r[1], r[2]) != (4, 64, 0) else [4, 64, 0, 1e-3]
+        r if (r[0], r[1], r[2]) not in ((1, 64, 0), (4, 64, 0)) else [*r[:3], 1e-3]
         for r in PROFILE["tables"]["matmul"]
     ]
     at_64 = next(r[3] for r in PROFILE["tables"]["matmul"] if r[:3] == [64, 64, 0])
@@ -230,11 +256,58 @@ def test_a_smaller_matmul_measured_slower_than_a_larger_one_is_capped():
     )
 
 
+def test_a_larger_matmul_measured_slower_per_flop_than_a_smaller_one_is_capped():
+    noisy = dict(PROFILE, tables=dict(PROFILE["tables"]))
+    # M=64 at width 1024 measured 5x slower per FLOP than M=4 (a glitch): priced as 16
+    # blocks of M=4, which is how a library could run it.
+    noisy["tables"]["matmul"] = [
+        r if (r[0], r[1], r[2]) != (64, 1024, 0) else [64, 1024, 0, 5e-9 * 2 * 64 * 1024**2]
+        for r in PROFILE["tables"]["matmul"]
+    ]
+    mm = kernels.Kernel("matmul", 2 * 64 * 1024**2, 0, 0, (("k", 1024), ("m", 64), ("n", 1024)))
+    at_4 = next(r[3] for r in PROFILE["tables"]["matmul"] if r[:3] == [4, 1024, 0])
+    assert kernel_model.Lookup(noisy).seconds(mm, cold=False) == pytest.approx(16 * at_4)
+    # Measured faster per FLOP than the smaller M (as real matmuls are): left as it is.
+    fast = dict(PROFILE, tables=dict(PROFILE["tables"]))
+    fast["tables"]["matmul"] = [
+        r if (r[0], r[1], r[2]) != (64, 1024, 0) else [64, 1024, 0, 0.5e-9 * 2 * 64 * 1024**2]
+        for r in PROFILE["tables"]["matmul"]
+    ]
+    assert kernel_model.Lookup(fast).seconds(mm, cold=False) == pytest.approx(
+        0.5e-9 * 2 * 64 * 1024**2
+    )
+
+
 def test_the_tables_a_points_kernels_need():
     attention = kernels.Kernel("matmul", 1, 1, 1, (("batch", 8), ("k", 64), ("m", 1), ("n", 256)))
     dense = kernels.Kernel("matmul", 1, 1, 1, (("batch", 1), ("k", 64), ("m", 1), ("n", 64)))
     dus = kernels.Kernel("dynamic_update_slice", 0, 1, 1)
     assert kernel_model.tables_for([attention, dense, dus]) == {
-        "batched", "matmul", "scatter", "stream",
+        "batched", "matmul", "scatter", "stream", "fresh",
     }  # fmt: skip
-    assert kernel_model.tables_for([]) == {"stream"}  # the fallback of every table
+    # The fallback of every table, and what every call's new pages cost.
+    assert kernel_model.tables_for([]) == {"stream", "fresh"}
+
+
+def test_results_and_temporaries_in_new_pages_cost_the_fresh_rate():
+    # 40 MB of results of which 30 MB alias donated inputs, 5 MB of temporaries: 15 MB new.
+    memory = {
+        "output_size_in_bytes": 40e6,
+        "alias_size_in_bytes": 30e6,
+        "temp_size_in_bytes": 5e6,
+        "argument_size_in_bytes": 1e9,
+    }
+    assert kernel_model.fresh_bytes(memory) == 15e6
+    assert kernel_model.fresh_bytes(None) == 0
+    mm = kernels.Kernel("matmul", 2 * 64**3, 0, 0, (("k", 64), ("m", 64), ("n", 64)))
+    plain = kernel_model.predict([mm], PROFILE, 1e6, 32e6)
+    fresh = kernel_model.predict([mm], PROFILE, 1e6, 32e6, fresh=15e6)
+    assert fresh.model_s - plain.model_s == pytest.approx(15e6 * 1e-10)  # linear in bytes
+    assert "fresh pages" in [r["kernels"] for r in fresh.top(3)]
+    # Below the smallest size measured (the allocator's reused memory): nothing; and a
+    # profile without the table (a datasheet device's) adds nothing either.
+    assert kernel_model.predict([mm], PROFILE, 1e6, 32e6, fresh=500).model_s == plain.model_s
+    bare = dict(PROFILE, tables={k: v for k, v in PROFILE["tables"].items() if k != "fresh"})
+    assert kernel_model.predict([mm], bare, 1e6, 32e6, fresh=15e6).model_s == pytest.approx(
+        plain.model_s
+    )

@@ -31,7 +31,7 @@ TINY_PLAN = profile.Plan(
     matmul_m=(1, 4),
     matmul_d=(64,),
     cold_m=(1,),
-    stream_bytes=(2**10, 2**14, 2**16),
+    stream_bytes=(2**10, 2**14, 2**18),
     cold_bytes=2**20,
     conv=((8, 3, 8, 1), (8, 1, 8, 1)),
     batched=((2, 16, 8, 1),),
@@ -52,12 +52,17 @@ def test_every_table_is_measured_on_a_tiny_plan():
     ]
     assert [r[:4] for r in t["conv"]] == [[8, 3, 64, 1], [8, 1, 64, 1]]
     assert [r[:3] for r in t["batched"]] == [[2, 16, 8]]
-    # Bytes tables: one row per size, bytes as moved (a stream reads and writes).
-    assert [r[0] for r in t["stream"]] == [2 * 2**10, 2 * 2**14, 2 * 2**16]
+    # Bytes tables: one row per size, bytes as moved (a stream reads and writes), and a
+    # cold one from 256 KiB (inputs rotated over the plan's 1 MiB); reductions warm only.
+    assert [r[0] for r in t["stream"] if not r[2]] == [2 * 2**10, 2 * 2**14, 2 * 2**18]
+    assert [r[0] for r in t["stream"] if r[2]] == [2 * 2**18]
+    assert not [r for r in t["reduction"] if r[2]]
     assert [r[0] for r in t["gather"]] == [2**14]  # every other size from 16 KiB
     for name, rows in t.items():
         if name != "collective":  # one device: none (the next test has several)
-            assert rows and all(r[-1] > 0 for r in rows), name
+            seconds = [r[-1] if name in ("matmul", "batched", "conv") else r[1] for r in rows]
+            assert rows and all(x > 0 or name == "fresh" and x == 0 for x in seconds), name
+    assert [r[0] for r in t["fresh"]] == [2**18]  # from 256 KiB: smaller reuse memory
 
 
 def write_profile(path, entry=PROFILE, device_kind="cpu", stamp=None):
@@ -120,13 +125,17 @@ def _model_sweep(tmp_path, **kw):
 def test_a_sweep_records_the_models_prediction_from_its_own_kernels(tmp_path):
     cfg, recs = _model_sweep(tmp_path)
     assert [r["batch"] for r in recs] == [1, 4, 16]
+    assert kernel_model.fresh_bytes(recs[-1]["xla"]["memory_analysis"]) >= 16 * 32 * 4
     cache = max(hardware.cache_levels("cpu", hardware.lookup("cpu")).values(), default=0)
     for r in recs:
         ks = [kernels.Kernel.from_dict(k) for k in r["kernels"]]
         assert {k.cls for k in ks} >= {"matmul"}
         p = r["prediction"]
         # The same profile, the stored kernels and working set: the same time, independently.
-        want = kernel_model.predict(ks, PROFILE, r["working_set"]["bytes"], cache)
+        fresh = kernel_model.fresh_bytes(r["xla"]["memory_analysis"])
+        want = kernel_model.predict(ks, PROFILE, r["working_set"]["bytes"], cache, fresh)
+        # Results of 1 kB and more are new pages (the profile's fresh table starts there).
+        assert (want.fresh_s > 0) == (fresh >= 1e3)
         assert p["model_s"] == pytest.approx(want.model_s, rel=1e-9)
         assert p["model_error"] == pytest.approx(r["time"]["median_s"] / p["model_s"] - 1)
         assert p["model_text"] and "matmul" in p["model_kernels"][0]["kernels"] + p["model_text"]
