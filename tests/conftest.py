@@ -1,8 +1,8 @@
 """Shared fixtures: a repository-root cwd for CLI runs, and an in-process smoke sweep."""
 
 import os
-import subprocess
-import sys
+import shutil
+import tempfile
 
 import pytest
 
@@ -44,19 +44,30 @@ SMALL_DECODER = {
 
 # The scripts that run sweeps from the sweep's flags.
 SWEEPS = ("experiments.sweep", "experiments.routing")
+_runner = None
 
 
-def run_cli(*args, module="experiments.sweep", timeout=300):
-    """Runs `python -m MODULE ARGS` from the repository root; returns the CompletedProcess."""
+def run_cli(*args, module="experiments.sweep", timeout=300, fresh=False, env=None):
+    """Runs `python -m MODULE ARGS` from the repository root (in `env`, by default this
+    process's environment); returns the CompletedProcess.
+
+    The command runs in a process forked from tests/cli_server.py's, which has imported
+    the libraries and batchlab already (seconds per command); experiments is imported
+    afresh in each. fresh=True, or BATCHLAB_TEST_FORK=0 for all: a new interpreter."""
+    global _runner
+    import cli_server  # here: tests/sharded_check.py imports this file as tests.conftest
+
     if module in SWEEPS:
         args = (NO_MODEL_FLAG, *args)  # a later --model_profile (a flagfile's too) wins
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    if _runner is None:
+        _runner = cli_server.Runner(ROOT, tempfile.mkdtemp(prefix="batchlab-cli-"))
+    return _runner.run(module, args, timeout, fresh, env)
+
+
+def pytest_unconfigure(config):
+    if _runner is not None:
+        _runner.close()
+        shutil.rmtree(_runner.scratch, ignore_errors=True)
 
 
 def make_config(out_dir, model="mlp", grid=None, batch_sizes=("1", "2", "4"), **kwargs):

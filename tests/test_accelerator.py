@@ -154,23 +154,14 @@ def test_device_faults_get_a_fresh_worker_and_other_errors_do_not(tmp_path):
     after XLA's CHECK on a CUDA error: the supervisor records `device` from its stderr."""
     out, pids = tmp_path / "run", tmp_path / "pids"
     env = os.environ | {"BATCHLAB_PID_LOG": str(pids)}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.sweep",
-            "--family_modules=tests.device_fault_family",
-            "--model=device_fault",
-            "--batch_sizes=1,2,3,4,5,6",
-            f"--out_dir={out}",
-            "--noplot",
-            *FAST,
-        ],
-        cwd=ROOT,
+    proc = run_cli(
+        "--family_modules=tests.device_fault_family",
+        "--model=device_fault",
+        "--batch_sizes=1,2,3,4,5,6",
+        f"--out_dir={out}",
+        "--noplot",
+        *FAST,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     by_batch = {r["batch"]: r for r in load(out)}

@@ -2,14 +2,12 @@
 
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import NO_MODEL, NO_MODEL_FLAG
+from conftest import NO_MODEL, run_cli
 
 from batchlab import claims, config, results, summary, sweep, timing
 from batchlab.models.convnet import ConvStack, Pool
@@ -17,7 +15,6 @@ from batchlab.models.resnet import ResNet50
 from batchlab.numerics import Numerics
 from batchlab.workloads import conv_layer, pooling, resnet
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F32 = Numerics()
 KEY = jax.random.PRNGKey(0)
 CPU_CEILINGS = {
@@ -242,16 +239,6 @@ def test_resnet50_flops_match_cost_analysis(small_resnet):
 # Flagfiles and bad input, through the command line.
 
 
-def sweep_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.sweep", NO_MODEL_FLAG, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.mark.parametrize(
     "flagfile,points",
     [
@@ -264,7 +251,7 @@ def sweep_cli(*args):
     ],
 )
 def test_flagfile_dry_runs(flagfile, points, tmp_path):
-    out = sweep_cli(f"--flagfile={flagfile}", f"--out_dir={tmp_path}/run", "--dry_run")
+    out = run_cli(f"--flagfile={flagfile}", f"--out_dir={tmp_path}/run", "--dry_run")
     assert out.returncode == 0, out.stderr
     assert re.search(rf"^{points} points, float32", out.stdout, re.M), out.stdout
     assert len(re.findall(r"/b=\d+ ", out.stdout)) == points
@@ -283,7 +270,7 @@ def test_flagfile_dry_runs(flagfile, points, tmp_path):
     ],
 )
 def test_bad_input_is_one_clear_line(flagfile, args, flag, tmp_path):
-    out = sweep_cli(
+    out = run_cli(
         f"--flagfile=configs/smoke/{flagfile}.flags", *args, f"--out_dir={tmp_path}", "--dry_run"
     )
     assert out.returncode != 0

@@ -224,7 +224,7 @@ def test_killed_worker_resumes_its_shard_with_no_point_lost_or_repeated(tmp_path
     proc.wait()
     first = len(load(shard))
     assert first >= 1
-    assert subprocess.run(args, cwd=ROOT, capture_output=True).returncode == 0
+    assert run_cli(*args[3:]).returncode == 0  # the same command again
     cfg = config.build(
         "mlp",
         {"depths": ["2"], "widths": ["64"]},

@@ -578,13 +578,7 @@ def test_a_link_planted_in_out_dir_is_refused_and_never_followed(finished, tmp_p
 
 def test_a_bad_slurm_variable_is_one_line_naming_it(tmp_path):
     env = os.environ | {"SLURM_ARRAY_TASK_ID": "seven", "SLURM_ARRAY_TASK_COUNT": "8"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.sweep", "--dry_run", f"--out_dir={tmp_path / 'o'}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    proc = run_cli("--dry_run", f"--out_dir={tmp_path / 'o'}", env=env)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == (
         "error: $SLURM_ARRAY_TASK_ID='seven': not an integer (SLURM sets it for job arrays); "
