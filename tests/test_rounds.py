@@ -1,6 +1,7 @@
 """--rounds=N: the grid measured N times interleaved, each point's rounds combined."""
 
 import os
+import shutil
 
 import pytest
 from conftest import make_config, run_cli, run_in_process
@@ -59,9 +60,17 @@ def _records(out):
     return results.load(os.path.join(out, results.RESULTS), complete=False)
 
 
-def test_a_sweep_of_three_rounds_interleaves_them_and_combines_each_point(tmp_path):
-    lines = []
-    assert run_in_process(_cfg(tmp_path), log=lines.append) == 0
+@pytest.fixture(scope="module")
+def three_rounds(tmp_path_factory):
+    """(OUT_DIR, the sweep's log lines) of one finished sweep of three rounds, to copy."""
+    out, lines = tmp_path_factory.mktemp("rounds"), []
+    assert run_in_process(_cfg(out), log=lines.append) == 0
+    return out, lines
+
+
+def test_a_sweep_of_three_rounds_interleaves_them_and_combines_each_point(three_rounds, tmp_path):
+    done, lines = three_rounds
+    shutil.copytree(done, tmp_path, dirs_exist_ok=True)
     recs = _records(tmp_path)
     rounds = [r for r in recs if r["kind"] == record.ROUND]
     # Every point once per round; rounds alternate direction.
@@ -82,13 +91,12 @@ def test_a_sweep_of_three_rounds_interleaves_them_and_combines_each_point(tmp_pa
     text = summary.table(readable)
     assert "3 rounds per point" in text
     # Nothing is left to do: a rerun measures nothing.
-    lines.clear()
-    assert run_in_process(_cfg(tmp_path), log=lines.append) == 0
+    assert run_in_process(_cfg(tmp_path)) == 0
     assert len(_records(tmp_path)) == len(recs)
 
 
-def test_a_killed_sweep_resumes_the_missing_rounds_only(tmp_path):
-    assert run_in_process(_cfg(tmp_path)) == 0
+def test_a_killed_sweep_resumes_the_missing_rounds_only(three_rounds, tmp_path):
+    shutil.copytree(three_rounds[0], tmp_path, dirs_exist_ok=True)
     path = os.path.join(tmp_path, results.RESULTS)
     with open(path) as f:
         full = f.readlines()
