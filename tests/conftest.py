@@ -1,5 +1,8 @@
-"""Shared fixtures: a repository-root cwd for CLI runs, and an in-process smoke sweep."""
+"""Shared fixtures: a repository-root cwd for CLI runs, an in-process smoke sweep, and
+tests marked `alone` kept from running beside another (pytest-xdist, -n 2)."""
 
+import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -62,6 +65,50 @@ def run_cli(*args, module="experiments.sweep", timeout=300, fresh=False, env=Non
     if _runner is None:
         _runner = cli_server.Runner(ROOT, tempfile.mkdtemp(prefix="batchlab-cli-"))
     return _runner.run(module, args, timeout, fresh, env)
+
+
+@contextlib.contextmanager
+def _turn(item):
+    """Under pytest-xdist: a test marked `alone` (it asserts on how fast something runs)
+    waits until the other workers' tests are done and holds theirs back until it is;
+    other tests run side by side. Setup and teardown (module fixtures too) count."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    where = os.path.dirname(str(item.config.getoption("basetemp")))  # the run's, above ours
+    alone = item.get_closest_marker("alone") is not None
+    with (
+        open(os.path.join(where, "door"), "a") as door,
+        open(os.path.join(where, "room"), "a") as room,
+    ):
+        # Through the door one at a time: a test waiting to be alone keeps it shut, so no
+        # new test enters the room until the ones inside have left and it is done.
+        fcntl.flock(door, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(room, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(door, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(room, fcntl.LOCK_UN)
+
+
+# The files that take longest (about 3, 3 and 1 minutes on the 2-core machine), first:
+# pytest-xdist hands out whole files in collection order, so the last ones handed out
+# are short and the two workers finish together.
+SLOWEST_FIRST = ("test_distributed.py", "test_hardening.py", "test_device_run.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    with _turn(item):
+        return (yield)
 
 
 def pytest_unconfigure(config):

@@ -122,6 +122,7 @@ def _model_sweep(tmp_path, **kw):
     return cfg, results.load(os.path.join(cfg.out_dir, results.RESULTS))
 
 
+@pytest.mark.alone
 def test_a_sweep_records_the_models_prediction_from_its_own_kernels(tmp_path):
     cfg, recs = _model_sweep(tmp_path)
     assert [r["batch"] for r in recs] == [1, 4, 16]

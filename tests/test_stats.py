@@ -85,6 +85,7 @@ def test_for_many_samples_the_interval_is_the_normal_approximation():
     assert (hi - lo) / 2 == pytest.approx(want, rel=0.15)
 
 
+@pytest.mark.alone
 def test_the_bootstrap_costs_well_under_20_ms_per_point():
     samples = np.random.default_rng(5).lognormal(0.0, 0.1, 100_000)  # max_reps
     start = time.perf_counter()

@@ -21,6 +21,7 @@ def test_summarize_matches_numpy():
     assert s.spread == pytest.approx((q3 - q1) / med) and s.unstable
 
 
+@pytest.mark.alone
 def test_stops_at_target_spread_with_constant_samples():
     spec = timing.TimingSpec(
         target_spread=0.5, time_budget_s=10, min_reps=7, warmup_reps=0, warmup_s=0
@@ -46,6 +47,7 @@ def test_stops_when_the_time_budget_runs_out():
     assert 3 <= stats.count < 200
 
 
+@pytest.mark.alone
 def test_known_relative_cost():
     """One call of f2 does exactly twice the dependent matmuls of f1: about twice the time.
 
@@ -93,6 +95,7 @@ def test_plain_tolerates_none_lists_dicts_and_objects():
     assert timing._plain(obj) == {"temp_size_in_bytes": 7.0}
 
 
+@pytest.mark.alone
 def test_empty_call_floor_is_small_and_positive():
     floor = timing.empty_call_floor(timing.TimingSpec(min_reps=20, time_budget_s=0.2))
     assert 0 < floor.median_s < 5e-3
