@@ -127,7 +127,7 @@ def describe(k: Kernel) -> str:
     return k.cls.replace("_", " ")
 
 
-def _no_slower_than_larger(rows: list) -> list:
+def _bounded_by_neighbours(rows: list) -> list:
     """Matmul rows (m, d, cold, s) bounded by the other rows of the same width, both ways a
     library could run a product as another: fewer rows padded to a larger M (so no slower
     than any larger M), and more rows as row blocks of a smaller M (so no slower per FLOP
@@ -142,12 +142,16 @@ def _no_slower_than_larger(rows: list) -> list:
     return out
 
 
+def _warm_rows(rows: list) -> list:
+    """A bytes table's (bytes, s) measured with the same input each call."""
+    return [r[:2] for r in rows if len(r) < 3 or not r[2]]
+
+
 def _cold_rows(rows: list) -> list:
     """A bytes table's (bytes, s) for inputs that come from memory: its cold rows where
     measured, its warm rows below them (launches dominate) and past them (a single input
     already outgrows the caches)."""
-    cold = [r[:2] for r in rows if len(r) > 2 and r[2]]
-    warm = [r[:2] for r in rows if len(r) < 3 or not r[2]]
+    cold, warm = [r[:2] for r in rows if len(r) > 2 and r[2]], _warm_rows(rows)
     if not cold:
         return warm
     lo, hi = min(r[0] for r in cold), max(r[0] for r in cold)
@@ -169,8 +173,7 @@ class Lookup:
         self.bytes, self.bytes_cold = {}, {}
         for name in {*BYTES_TABLE.values(), "transpose"}:
             rows = t.get(name) or t["stream"]
-            warm = [r[:2] for r in rows if len(r) < 3 or not r[2]]
-            self.bytes[name] = self._loglog_table(warm)
+            self.bytes[name] = self._loglog_table(_warm_rows(rows))
             self.bytes_cold[name] = self._loglog_table(_cold_rows(rows))
         self.fresh = sorted(t.get("fresh") or [])
         rows = [(bh * tt * kk * 4, s) for bh, tt, kk, s in t.get("batched", [])]
@@ -178,7 +181,7 @@ class Lookup:
         # matmul: seconds per FLOP on a grid of (log M) per width; cold where measured.
         self.matmul = {}
         for cold in (0, 1):
-            use = _no_slower_than_larger([r for r in t.get("matmul", []) if r[2] == cold])
+            use = _bounded_by_neighbours([r for r in t.get("matmul", []) if r[2] == cold])
             self.matmul[cold] = self._grid((r[0], r[1], r[3] / (2 * r[0] * r[1] ** 2)) for r in use)
         self.cold_m = max((r[0] for r in t.get("matmul", []) if r[2] == 1), default=0)
         # conv: seconds per FLOP on a grid of (log outputs) per channel count, per kernel.
