@@ -2,8 +2,9 @@
 that matter, measured by small programs of one kernel each (REFERENCE 4's protocol).
 
 Each entry is (shape features, seconds): the median time of one call of a program that
-runs one kernel of that class and shape, less the empty-call floor measured the same
-way, so that a program's time is modelled as floor + the sum over its kernels
+runs one kernel of that class and shape (the median of PASSES short windows, with the
+rows that share buffers interleaved), less the empty-call floor measured the same way,
+so that a program's time is modelled as floor + the sum over its kernels
 (batchlab.kernel_model). The profile is measured on microbenchmarks only, never fitted
 to sweep points. Shapes are chosen from the platform and its memory by `plan` (a pure
 function), so tests on a CPU check what a GPU or TPU would measure.
@@ -29,20 +30,28 @@ Tables:
 import dataclasses
 import json
 import math
+import statistics
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from batchlab import files, hardware, kernels, timing
 from batchlab.numerics import Numerics
 
-VERSION = 3  # 2: matmuls in chains; the smallest streams. 3: attention-shaped copies
-SPEC = timing.TimingSpec(target_spread=0.05, time_budget_s=0.12, min_reps=5, warmup_reps=2)
+VERSION = 4  # 2: matmuls in chains; the smallest streams. 3: attention-shaped copies
+# and fresh pages. 4: each row the median of interleaved windows (PASSES)
+SPEC = timing.TimingSpec(target_spread=0.05, time_budget_s=0.24, min_reps=5, warmup_reps=2)
 # Per matmul point on a CPU: large enough that every width reaches about its compute-bound
 # rate (at width 4096 the rate still grows 1.6x from M=32 to M=512).
 MAX_FLOPS = 1e10
 CHAIN = 4  # dependent matmuls per measured program
 COLD_FROM = 2**18  # bytes tables measure cold inputs from this size (below, launches rule)
+# Each row is the median of PASSES windows of SPEC's budget split PASSES ways, the rows
+# that share buffers interleaved; a window takes at least PASS_MIN_REPS calls.
+PASSES, PASS_MIN_REPS = 5, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,22 +111,28 @@ def _spec_for(args) -> timing.TimingSpec:
     return timing.for_platform(SPEC, next(iter(leaf.devices())).platform)
 
 
-def _timed(fn, arg_sets) -> float:
-    """Median seconds of one call of fn, cycling through `arg_sets`."""
-    spec = _spec_for(arg_sets[0])
+@dataclasses.dataclass
+class _Call:
+    """One compiled program with its arguments, ready to be timed: `call(i)` blocks."""
+
+    call: Callable[[int], Any]
+    spec: timing.TimingSpec
+
+
+def _prepared(fn, arg_sets) -> _Call:
+    """fn compiled, each call cycling through `arg_sets`."""
     compiled = timing.compile_ahead(fn, arg_sets[0]).compiled
 
     def call(i):
         return jax.block_until_ready(compiled(*arg_sets[i % len(arg_sets)]))
 
-    return timing.time_calls(call, spec).median_s
+    return _Call(call, _spec_for(arg_sets[0]))
 
 
-def _timed_into(fn, arg_sets) -> float:
-    """Median seconds of one call of fn that writes its result into a donated buffer an
-    earlier call already wrote, as a program's reused temporaries are (a fresh result
-    past the allocator's reuse would come in new pages: the fresh table prices their
-    first touch, once per call, apart)."""
+def _prepared_into(fn, arg_sets) -> _Call:
+    """fn writing its result into a donated buffer an earlier call already wrote, as a
+    program's reused temporaries are (a fresh result past the allocator's reuse would
+    come in new pages: the fresh table prices their first touch, once per call, apart)."""
     result = jax.eval_shape(fn, *arg_sets[0])  # a buffer to donate, without compiling fn
     device = next(iter(arg_sets[0][0].devices()))
     state = {"out": jax.device_put(jnp.zeros(result.shape, result.dtype), device)}
@@ -127,28 +142,62 @@ def _timed_into(fn, arg_sets) -> float:
     def call(i):
         state["out"] = jax.block_until_ready(compiled(state["out"], *arg_sets[i % len(arg_sets)]))
 
-    return timing.time_calls(call, _spec_for(arg_sets[0])).median_s
+    return _Call(call, _spec_for(arg_sets[0]))
 
 
-def _timed_donated(jitted, table, idx, upd) -> float:
-    """Median seconds of an in-place update whose buffer each call donates and returns."""
+def _prepared_donated(jitted, table, idx, upd) -> _Call:
+    """An in-place update whose buffer each call donates and returns."""
     state = {"t": table}
     compiled = jitted.lower(table, idx, upd).compile()
 
     def call(i):
         state["t"] = jax.block_until_ready(compiled(state["t"], idx, upd))
 
-    return timing.time_calls(call, _spec_for(table)).median_s
+    return _Call(call, _spec_for(table))
+
+
+def _medians(calls: list[_Call]) -> list[float]:
+    """Median seconds of one call of each, as the median of PASSES short windows with the
+    calls interleaved (every other pass in reverse order): a shared machine's slow spells
+    last about a window, so one window measures the spell as much as the kernel."""
+    windows: list[list[float]] = [[] for _ in calls]
+    for n in range(PASSES):
+        order = range(len(calls)) if n % 2 == 0 else reversed(range(len(calls)))
+        for i in order:
+            budget = calls[i].spec.time_budget_s / PASSES
+            spec = dataclasses.replace(calls[i].spec, time_budget_s=budget, min_reps=PASS_MIN_REPS)
+            if n:  # warm again after the others ran, without the first pass's warm-up time
+                spec = dataclasses.replace(spec, warmup_reps=1, warmup_s=0.0, warmup_agree=None)
+                if windows[i][0] > budget:  # a call longer than a window: one call a window
+                    spec = dataclasses.replace(spec, warmup_reps=0, min_reps=1)
+            windows[i].append(timing.time_calls(calls[i].call, spec).median_s)
+    return [statistics.median(w) for w in windows]
+
+
+def _timed(fn, arg_sets) -> float:
+    """Median seconds of one call of fn, cycling through `arg_sets`."""
+    return _medians([_prepared(fn, arg_sets)])[0]
+
+
+def _timed_into(fn, arg_sets) -> float:
+    """Median seconds of one call of fn writing into a donated buffer (_prepared_into)."""
+    return _medians([_prepared_into(fn, arg_sets)])[0]
 
 
 class _Rand:
-    """Random non-zero arrays on one device, drawn once per shape."""
+    """Random non-zero arrays on one device, drawn once per shape: on a CPU by numpy (a
+    jax.random draw compiles a program per shape: 0.2 s each, a fifth of the profile),
+    elsewhere on the device (numpy would draw gigabytes on the host)."""
 
     def __init__(self, numerics: Numerics, device):
         self.dtype, self.device, self.n = numerics.jnp_dtype, device, 0
+        self.host = np.random.default_rng(7) if device.platform == "cpu" else None
 
     def __call__(self, *shape):
         self.n += 1
+        if self.host is not None:
+            values = self.host.random(shape, dtype=np.float32) + 0.5  # in [0.5, 1.5)
+            return jax.device_put(values.astype(self.dtype), self.device)
         key = jax.random.fold_in(jax.random.PRNGKey(7), self.n)
         return jax.device_put(jax.random.normal(key, shape, self.dtype), self.device)
 
@@ -199,42 +248,45 @@ class _Measure:
                     [rand.scale(w, 1 + i / 64) for w in ws]
                     for i in range(1, -(-p.cold_bytes // weight_bytes))
                 ]
+            keys, calls = [], []
             for m in p.matmul_m:
                 if 2 * m * d * d > p.max_flops and m > 1:
                     continue
                 x = rand(m, d)
-                per = self.net(_timed(chain, [(x, *ws)])) / CHAIN
-                rows.append([m, d, 0, per])
+                keys.append([m, d, 0])
+                calls.append(_prepared(chain, [(x, *ws)]))
                 if m in p.cold_m:
-                    per = self.net(_timed(chain, [(x, *c) for c in colds])) / CHAIN
-                    rows.append([m, d, 1, per])
-            del colds
+                    keys.append([m, d, 1])
+                    calls.append(_prepared(chain, [(x, *c) for c in colds]))
+            rows += [k + [self.net(t) / CHAIN] for k, t in zip(keys, _medians(calls))]
+            del colds, calls
         return rows
 
     def batched(self) -> list:
-        rows = []
-        for bh, t, k, _ in self.p.batched:
-            q, kv = self.rand(bh, 1, k), self.rand(bh, t, k)
+        def scores(q, kv):
+            return jnp.einsum("bqk,btk->bqt", q, kv, precision=self.prec)
 
-            def scores(q, kv):
-                return jnp.einsum("bqk,btk->bqt", q, kv, precision=self.prec)
-
-            rows.append([bh, t, k, self.net(_timed(scores, [(q, kv)]))])
-        return rows
+        shapes = [(bh, t, k) for bh, t, k, _ in self.p.batched]
+        calls = [
+            _prepared(scores, [(self.rand(bh, 1, k), self.rand(bh, t, k))]) for bh, t, k in shapes
+        ]
+        return [[*shape, self.net(t)] for shape, t in zip(shapes, _medians(calls))]
 
     def conv(self) -> list:
-        rows = []
-        for c, k, side, b in self.p.conv:
-            x, w = self.rand(b, side, side, c), self.rand(k, k, c, c)
+        def conv(x, w):
+            dims = ("NHWC", "HWIO", "NHWC")
+            return jax.lax.conv_general_dilated(
+                x, w, (1, 1), "SAME", dimension_numbers=dims, precision=self.prec
+            )
 
-            def conv(x, w):
-                dims = ("NHWC", "HWIO", "NHWC")
-                return jax.lax.conv_general_dilated(
-                    x, w, (1, 1), "SAME", dimension_numbers=dims, precision=self.prec
-                )
-
-            rows.append([c, k, side * side, b, self.net(_timed(conv, [(x, w)]))])
-        return rows
+        calls = [
+            _prepared(conv, [(self.rand(b, side, side, c), self.rand(k, k, c, c))])
+            for c, k, side, b in self.p.conv
+        ]
+        return [
+            [c, k, side * side, b, self.net(t)]
+            for (c, k, side, b), t in zip(self.p.conv, _medians(calls))
+        ]
 
     def _bytes(self, shape_of, fn, traffic: float, sizes, cold: bool = True) -> list:
         """(bytes moved, s, cold) at each size (once per distinct shape): warm, the same
@@ -249,14 +301,16 @@ class _Measure:
             shapes.append(shape)
             base = self.rand(*shape)
             moved = base.nbytes * traffic
-            rows.append([moved, self.net(_timed_into(fn, [(base,)])), 0])
+            keys, calls = [[moved, 0]], [_prepared_into(fn, [(base,)])]
             if cold and base.nbytes >= COLD_FROM and 2 * base.nbytes < self.p.cold_bytes:
                 sets = [(base,)] + [
                     (self.rand.scale(base, 1 + i / 64),)
                     for i in range(1, -(-self.p.cold_bytes // base.nbytes))
                 ]
-                rows.append([moved, self.net(_timed_into(fn, sets)), 1])
-                del sets
+                keys.append([moved, 1])
+                calls.append(_prepared_into(fn, sets))
+            rows += [[k[0], self.net(t), k[1]] for k, t in zip(keys, _medians(calls))]
+            del calls
         return rows
 
     def stream(self) -> list:
@@ -296,7 +350,10 @@ class _Measure:
         for nbytes in self.p.stream_bytes:
             if nbytes >= COLD_FROM:
                 base = self.rand(nbytes // self.numerics.itemsize)
-                extra = _timed(op, [(base,)]) - _timed_into(op, [(base,)])
+                standalone, into = _medians(
+                    [_prepared(op, [(base,)]), _prepared_into(op, [(base,)])]
+                )
+                extra = standalone - into
                 rows.append([base.nbytes, max(0.0, extra)])
         return rows
 
@@ -336,7 +393,8 @@ class _Measure:
             idx = jnp.arange(0, table.shape[0], 2, dtype=jnp.int32)
             upd = self.rand(idx.size, table.shape[1])
             scatter = jax.jit(lambda t, i, u: t.at[i].set(u), donate_argnums=0)
-            rows.append([upd.nbytes * 2, self.net(_timed_donated(scatter, table, idx, upd))])
+            update = _prepared_donated(scatter, table, idx, upd)
+            rows.append([upd.nbytes * 2, self.net(_medians([update])[0])])
         return rows
 
     def collective(self) -> list:
@@ -382,11 +440,12 @@ class _Measure:
 
             return f
 
-        counts, times = [], []
+        counts, calls = [], []
         for n in (1, 64):
             compiled = timing.compile_ahead(chain(n), (x, w)).compiled
             counts.append(kernels.totals(kernels.of_compiled(compiled))["kernels"])
-            times.append(_timed(chain(n), [(x, w)]))
+            calls.append(_prepared(chain(n), [(x, w)]))
+        times = _medians(calls)
         return max(0.0, (times[1] - times[0]) / max(1, counts[1] - counts[0]))
 
 

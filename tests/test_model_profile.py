@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import pytest
@@ -21,6 +22,7 @@ from batchlab import (
     record,
     results,
     summary,
+    timing,
 )
 from batchlab.numerics import Numerics
 from batchlab.roofline import Ceilings
@@ -63,6 +65,48 @@ def test_every_table_is_measured_on_a_tiny_plan():
             seconds = [r[-1] if name in ("matmul", "batched", "conv") else r[1] for r in rows]
             assert rows and all(x > 0 or name == "fresh" and x == 0 for x in seconds), name
     assert [r[0] for r in t["fresh"]] == [2**18]  # from 256 KiB: smaller reuse memory
+
+
+WINDOW_SPEC = timing.TimingSpec(target_spread=0.05, time_budget_s=0.1, warmup_reps=1, warmup_s=0.0)
+
+
+def _sleeper(seconds_at, log, name):
+    """A call that sleeps seconds_at(elapsed since its first call) and logs its name."""
+    start = []
+
+    def call(i):
+        start.append(start[0] if start else time.perf_counter())
+        log.append(name)
+        time.sleep(seconds_at(time.perf_counter() - start[0]))
+
+    return profile._Call(call, WINDOW_SPEC)
+
+
+def test_a_slow_spell_in_one_window_does_not_set_a_row():
+    # 4 ms calls for the first 30 ms (longer than a window of 0.1 s / PASSES), 0.5 ms after.
+    spell = _sleeper(lambda t: 4e-3 if t < 0.03 else 5e-4, [], "a")
+    steady = _sleeper(lambda t: 4e-3, [], "b")  # slow throughout: the row must say so
+    got_spell, got_steady = profile._medians([spell, steady])
+    assert got_spell < 1.5e-3, "the spell's window set the row"
+    assert got_steady > 3.5e-3
+
+
+def test_rows_sharing_buffers_are_timed_in_interleaved_passes():
+    log = []
+    calls = [_sleeper(lambda t: 1e-4, log, name) for name in "ab"]
+    profile._medians(calls)
+    runs = [n for i, n in enumerate(log) if i == 0 or log[i - 1] != n]
+    # Passes a b | b a | a b | ...: every other one reversed, so b's windows and a's
+    # meet; in one order every pass (a b | a b | ...) would give 2 * PASSES runs.
+    assert runs == ["a", "b"] * ((profile.PASSES + 1) // 2) + ["a"] * (1 - profile.PASSES % 2)
+    assert len(runs) == profile.PASSES + 1
+
+
+def test_a_call_longer_than_a_window_is_called_once_a_window_after_the_first():
+    log = []
+    profile._medians([_sleeper(lambda t: 0.03, log, "slow")])  # windows of 20 ms
+    first = WINDOW_SPEC.warmup_reps + profile.PASS_MIN_REPS
+    assert len(log) == first + (profile.PASSES - 1)
 
 
 def write_profile(path, entry=PROFILE, device_kind="cpu", stamp=None):
