@@ -467,7 +467,7 @@ def measure(
     """The profile's floor, launch cost and the tables `names`, measured on `device`."""
     device = device or jax.local_devices()[0]
     p = p or _device_plan(device)
-    floor = _timed(lambda x: x + 1, [(jax.device_put(jnp.ones((1,), jnp.float32), device),)])
+    floor = _floor(device)
     m = _Measure(numerics, device, p, floor)
     out = {"floor_s": floor, "launch_s": m.launch(), "tables": {}}
     for name in names:
@@ -476,15 +476,81 @@ def measure(
     return out
 
 
+def _floor(device) -> float:
+    """Seconds of the empty call every row is measured less."""
+    return _timed(lambda x: x + 1, [(jax.device_put(jnp.ones((1,), jnp.float32), device),)])
+
+
+# A stored profile whose sentinel rows now take more than (1 + DRIFT) times their stored
+# time, or less than 1 / (1 + DRIFT), is measured again: a shared machine's speed moves
+# by 20-40% over minutes, and a profile measured in a slow spell prices a whole run slow.
+DRIFT = 0.15
+SENTINEL_TABLES = ("matmul", "stream", "conv")
+
+
+def _sentinel_plan(p: Plan) -> Plan:
+    """A few mid-sized rows of plan p: matmuls of M = 4 and 64 at two widths, two stream
+    sizes, two small convolutions (rows that repeat within about 10% when the machine
+    does not move)."""
+    n = len(p.stream_bytes)
+    return dataclasses.replace(
+        p,
+        matmul_m=(4, 64),
+        matmul_d=p.matmul_d[1:3],
+        cold_m=(),
+        stream_bytes=(p.stream_bytes[n // 2], p.stream_bytes[2 * n // 3]),
+        cold_bytes=0,  # warm rows only
+        conv=p.conv[:2],
+        batched=(),
+    )
+
+
+def _row_keys(name: str, rows: list) -> dict:
+    """{shape: seconds} of a matmul, conv or bytes table's rows."""
+    if name == "matmul":
+        return {tuple(r[:3]): r[3] for r in rows}
+    if name == "conv":
+        return {tuple(r[:4]): r[4] for r in rows}
+    return {(round(r[0]), r[2] if len(r) > 2 else 0): r[1] for r in rows}
+
+
+def drift(entry: dict, numerics: Numerics, device) -> tuple[float | None, int]:
+    """(how many times their stored time the sentinel rows of `entry` take now: the
+    median ratio, number of rows compared); (None, 0) when it has none of their tables."""
+    names = [n for n in SENTINEL_TABLES if entry["tables"].get(n)]
+    if not names:
+        return None, 0
+    m = _Measure(numerics, device, _sentinel_plan(_device_plan(device)), _floor(device))
+    ratios = []
+    for name in names:
+        stored = _row_keys(name, entry["tables"][name])
+        for shape, seconds in _row_keys(name, getattr(m, name)()).items():
+            if stored.get(shape, 0) > 0:
+                ratios.append(seconds / stored[shape])
+    return (statistics.median(ratios), len(ratios)) if ratios else (None, 0)
+
+
 class Store:
     """A profile file: {key: profile} per device kind and numerics, each table measured
     the first time a sweep needs it and kept; a profile made by another version of
-    batchlab's profile or of JAX is measured again."""
+    batchlab's profile or of JAX is measured again, and so is one whose sentinel rows
+    the machine no longer runs in their stored time (DRIFT; checked once per Store)."""
 
     def __init__(self, path: str, device, numerics: Numerics, log=lambda s: None):
         self.path, self.device, self.numerics, self.log = path, device, numerics, log
         self.key = key(device.device_kind, numerics)
         self.stamp = {"profile_version": VERSION, "jax": jax.__version__}
+        self.checked = False  # a stored entry is checked for drift at its first use
+
+    def _still_true(self, entry: dict) -> bool:
+        """Whether the machine still runs the entry's sentinel rows in their time."""
+        ratio, n = drift(entry, self.numerics, self.device)
+        if ratio is None:
+            return True
+        moved = abs(math.log(ratio)) > math.log(1 + DRIFT)
+        then = "; measuring its tables again as they are needed" if moved else ""
+        self.log(f"profile: {n} sentinel rows take {ratio:.2f}x their stored time{then}")
+        return not moved
 
     def _read(self) -> dict:
         return files.read_state(self.path, "use --recalibrate or another --model_profile", _problem)
@@ -493,11 +559,15 @@ class Store:
         """The profile with at least the tables `names`, measuring what is missing."""
         entries = self._read()
         entry = entries.get(self.key)
-        if entry is None or entry.get("stamp") != self.stamp:
+        stale = entry is None or entry.get("stamp") != self.stamp
+        if not stale and not self.checked:
+            stale = not self._still_true(entry)
+        self.checked = True
+        if stale:
             entry = measure(self.numerics, self.device, names=(), log=self.log)
             entry["stamp"] = self.stamp
         missing = [n for n in names if n not in entry["tables"]]
-        if missing or self.key not in entries:
+        if missing or entry is not entries.get(self.key):
             fresh = measure(self.numerics, self.device, names=missing, log=self.log)
             entry["tables"] |= fresh["tables"]
             entries[self.key] = entry

@@ -123,6 +123,7 @@ def test_a_stored_profile_is_used_and_a_stale_one_measured_again(tmp_path, monke
     monkeypatch.setattr(
         profile, "measure", lambda *a, names=(), **k: calls.append(tuple(names)) or _fresh(names)
     )
+    monkeypatch.setattr(profile, "drift", lambda *a: (1.0, 8))  # the machine has not moved
     store = profile.Store(str(path), device, F32)
     assert store.profile(["matmul", "conv"])["tables"]["matmul"] == PROFILE["tables"]["matmul"]
     assert calls == []  # all there, stamped by this version: nothing measured
@@ -135,6 +136,61 @@ def test_a_stored_profile_is_used_and_a_stale_one_measured_again(tmp_path, monke
     store.profile(["conv"])  # a table not yet measured is added, the rest kept
     assert calls[-1] == ("conv",)
     assert set(json.loads(path.read_text())[store.key]["tables"]) == {"stream", "conv"}
+
+
+@pytest.mark.parametrize(
+    "ratio, measured_again",
+    [(1.4, True), (0.7, True), (1.1, False), (1 / 1.1, False), (None, False)],
+)
+def test_a_stored_profile_the_machine_drifted_from_is_measured_again(
+    tmp_path, monkeypatch, ratio, measured_again
+):
+    device = jax.devices()[0]
+    path = tmp_path / "profile.json"
+    write_profile(path, device_kind=device.device_kind)
+    calls, said, checks = [], [], []
+    monkeypatch.setattr(
+        profile, "measure", lambda *a, names=(), **k: calls.append(tuple(names)) or _fresh(names)
+    )
+    monkeypatch.setattr(
+        profile, "drift", lambda *a: checks.append(1) or (ratio, 0 if ratio is None else 8)
+    )
+    store = profile.Store(str(path), device, F32, log=said.append)
+    got = store.profile(["stream"])
+    if measured_again:  # the floor, then only the table asked for: the others are dropped
+        assert calls == [(), ("stream",)] and got["tables"] == {"stream": [[1, 1.0]]}
+        assert set(json.loads(path.read_text())[store.key]["tables"]) == {"stream"}
+        assert said == [
+            f"profile: 8 sentinel rows take {ratio:.2f}x their stored time; "
+            "measuring its tables again as they are needed"
+        ]
+    else:
+        assert calls == [] and got["tables"] == PROFILE["tables"]
+        assert said == (
+            []
+            if ratio is None
+            else [f"profile: 8 sentinel rows take {ratio:.2f}x their stored time"]
+        )
+    store.profile(["stream"])
+    assert checks == [1]  # once per Store: not at every point
+
+
+def test_drift_compares_the_sentinel_rows_now_with_the_stored_ones():
+    device = jax.devices()[0]
+    sentinels = profile._sentinel_plan(profile._device_plan(device))
+    now = profile.measure(F32, device, sentinels, names=profile.SENTINEL_TABLES)
+    ratio, n = profile.drift(now, F32, device)
+    assert n == 4 + 2 + 2  # matmuls at M = 4, 64 and two widths; two streams; two convs
+    assert 0.5 < ratio < 2  # the same rows again: about 1 (a loaded machine moves them)
+    slow = {"tables": {}}  # stored three times slower (a slow spell): now about a third
+    for name, rows in now["tables"].items():
+        slow["tables"][name] = [
+            r[:-1] + [3 * r[-1]] if name in ("matmul", "conv") else [r[0], 3 * r[1], *r[2:]]
+            for r in rows
+        ]
+    ratio, _ = profile.drift(slow, F32, device)
+    assert ratio < 1 / (1 + profile.DRIFT) and 0.5 / 3 < ratio < 2 / 3
+    assert profile.drift({"tables": {"gather": [[1e3, 1e-6]]}}, F32, device) == (None, 0)
 
 
 def _fresh(names):
@@ -152,7 +208,9 @@ def test_a_corrupt_profile_is_refused_in_one_line(tmp_path, text):
     assert path.read_text() == text  # nothing written
 
 
-def _model_sweep(tmp_path, **kw):
+def _model_sweep(tmp_path, monkeypatch, **kw):
+    # A hand-made profile: the sentinel check would find the machine "drifted" from it.
+    monkeypatch.setattr(profile, "drift", lambda *a: (None, 0))
     path = tmp_path / "profile.json"
     write_profile(path, device_kind=jax.devices()[0].device_kind)
     cfg = make_config(
@@ -167,8 +225,8 @@ def _model_sweep(tmp_path, **kw):
 
 
 @pytest.mark.alone
-def test_a_sweep_records_the_models_prediction_from_its_own_kernels(tmp_path):
-    cfg, recs = _model_sweep(tmp_path)
+def test_a_sweep_records_the_models_prediction_from_its_own_kernels(tmp_path, monkeypatch):
+    cfg, recs = _model_sweep(tmp_path, monkeypatch)
     assert [r["batch"] for r in recs] == [1, 4, 16]
     assert kernel_model.fresh_bytes(recs[-1]["xla"]["memory_analysis"]) >= 16 * 32 * 4
     cache = max(hardware.cache_levels("cpu", hardware.lookup("cpu")).values(), default=0)
