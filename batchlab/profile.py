@@ -547,10 +547,25 @@ class Store:
         ratio, n = drift(entry, self.numerics, self.device)
         if ratio is None:
             return True
-        moved = abs(math.log(ratio)) > math.log(1 + DRIFT)
-        then = "; measuring its tables again as they are needed" if moved else ""
+        then = "; measuring its tables again as they are needed" if _moved(ratio) else ""
         self.log(f"profile: {n} sentinel rows take {ratio:.2f}x their stored time{then}")
-        return not moved
+        return not _moved(ratio)
+
+    def recheck(self) -> float | None:
+        """At a sweep's end: the sentinel rows' ratio to the stored profile now, logged,
+        with a warning when the machine moved past DRIFT (the model's errors in this
+        sweep then include the move); None without a stored profile or its tables."""
+        entry = self._read().get(self.key)
+        if entry is None or entry.get("stamp") != self.stamp:
+            return None
+        ratio, n = drift(entry, self.numerics, self.device)
+        if ratio is not None:
+            warn = ": the machine moved during the sweep, and the model's errors include it"
+            self.log(
+                f"profile: at the sweep's end {n} sentinel rows take {ratio:.2f}x their "
+                f"stored time{warn if _moved(ratio) else ''}"
+            )
+        return ratio
 
     def _read(self) -> dict:
         return files.read_state(self.path, "use --recalibrate or another --model_profile", _problem)
@@ -573,6 +588,11 @@ class Store:
             entries[self.key] = entry
             files.write_atomic(self.path, json.dumps(entries))
         return entry
+
+
+def _moved(ratio: float) -> bool:
+    """Whether a sentinel ratio says the machine's speed moved past DRIFT, either way."""
+    return abs(math.log(ratio)) > math.log(1 + DRIFT)
 
 
 def _problem(entries: dict) -> str | None:

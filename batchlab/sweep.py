@@ -579,6 +579,8 @@ def run(config: SweepConfig, log=print, mesh=None, argv=None) -> int:
             if n < len(todo):
                 log("the next point gets a fresh measuring process")
             return RESTART_EXIT_CODE
+    if model is not None and model.store.checked:  # the profile priced this sweep's points
+        model.store.recheck()
     return 0
 
 

@@ -175,6 +175,39 @@ def test_a_stored_profile_the_machine_drifted_from_is_measured_again(
     assert checks == [1]  # once per Store: not at every point
 
 
+@pytest.mark.parametrize("ratio, warned", [(1.3, True), (1 / 1.3, True), (1.05, False)])
+def test_the_recheck_at_a_sweeps_end_warns_only_when_the_machine_moved(
+    tmp_path, monkeypatch, ratio, warned
+):
+    device = jax.devices()[0]
+    path = tmp_path / "profile.json"
+    write_profile(path, device_kind=device.device_kind)
+    said = []
+    monkeypatch.setattr(profile, "drift", lambda *a: (ratio, 8))
+    store = profile.Store(str(path), device, F32, log=said.append)
+    assert store.recheck() == ratio
+    assert said[0].startswith(f"profile: at the sweep's end 8 sentinel rows take {ratio:.2f}x")
+    assert ("the machine moved during the sweep" in said[0]) == warned
+    write_profile(path, device_kind=device.device_kind, stamp={"profile_version": -1})
+    assert store.recheck() is None and len(said) == 1  # a stale profile: nothing to compare
+
+
+def test_a_sweep_rechecks_its_profile_at_its_end(tmp_path, monkeypatch):
+    path = tmp_path / "profile.json"
+    write_profile(path, device_kind=jax.devices()[0].device_kind)
+    ratios = iter([1.0, 1.3])  # as found at the first point, then at the end
+    monkeypatch.setattr(profile, "drift", lambda *a: (next(ratios), 8))
+    cfg = make_config(str(tmp_path / "out"), batch_sizes=("1", "2"), model_profile=str(path))
+    lines = []
+    run_in_process(cfg, log=lines.append)
+    said = [line for line in lines if line.startswith("profile:")]
+    assert said == [
+        "profile: 8 sentinel rows take 1.00x their stored time",
+        "profile: at the sweep's end 8 sentinel rows take 1.30x their stored time: the machine "
+        "moved during the sweep, and the model's errors include it",
+    ]
+
+
 def test_drift_compares_the_sentinel_rows_now_with_the_stored_ones():
     device = jax.devices()[0]
     sentinels = profile._sentinel_plan(profile._device_plan(device))
