@@ -121,7 +121,11 @@ class _Call:
 
 def _prepared(fn, arg_sets) -> _Call:
     """fn compiled, each call cycling through `arg_sets`."""
-    compiled = timing.compile_ahead(fn, arg_sets[0]).compiled
+    return _calling(timing.compile_ahead(fn, arg_sets[0]).compiled, arg_sets)
+
+
+def _calling(compiled, arg_sets) -> _Call:
+    """A compiled program, each call cycling through `arg_sets`."""
 
     def call(i):
         return jax.block_until_ready(compiled(*arg_sets[i % len(arg_sets)]))
@@ -444,7 +448,7 @@ class _Measure:
         for n in (1, 64):
             compiled = timing.compile_ahead(chain(n), (x, w)).compiled
             counts.append(kernels.totals(kernels.of_compiled(compiled))["kernels"])
-            calls.append(_prepared(chain(n), [(x, w)]))
+            calls.append(_calling(compiled, [(x, w)]))  # timed as counted: compiled once
         times = _medians(calls)
         return max(0.0, (times[1] - times[0]) / max(1, counts[1] - counts[0]))
 
@@ -542,14 +546,19 @@ class Store:
         self.stamp = {"profile_version": VERSION, "jax": jax.__version__}
         self.checked = False  # a stored entry is checked for drift at its first use
 
+    def _compared(self, entry: dict, when: str, if_moved: str) -> float | None:
+        """The entry's sentinel ratio now (drift), logged, with `if_moved` added when the
+        machine moved past DRIFT; None when the entry has none of their tables."""
+        ratio, n = drift(entry, self.numerics, self.device)
+        if ratio is not None:
+            then = if_moved if _moved(ratio) else ""
+            self.log(f"profile: {when}{n} sentinel rows take {ratio:.2f}x their stored time{then}")
+        return ratio
+
     def _still_true(self, entry: dict) -> bool:
         """Whether the machine still runs the entry's sentinel rows in their time."""
-        ratio, n = drift(entry, self.numerics, self.device)
-        if ratio is None:
-            return True
-        then = "; measuring its tables again as they are needed" if _moved(ratio) else ""
-        self.log(f"profile: {n} sentinel rows take {ratio:.2f}x their stored time{then}")
-        return not _moved(ratio)
+        ratio = self._compared(entry, "", "; measuring its tables again as they are needed")
+        return ratio is None or not _moved(ratio)
 
     def recheck(self) -> float | None:
         """At a sweep's end: the sentinel rows' ratio to the stored profile now, logged,
@@ -558,14 +567,8 @@ class Store:
         entry = self._read().get(self.key)
         if entry is None or entry.get("stamp") != self.stamp:
             return None
-        ratio, n = drift(entry, self.numerics, self.device)
-        if ratio is not None:
-            warn = ": the machine moved during the sweep, and the model's errors include it"
-            self.log(
-                f"profile: at the sweep's end {n} sentinel rows take {ratio:.2f}x their "
-                f"stored time{warn if _moved(ratio) else ''}"
-            )
-        return ratio
+        warn = ": the machine moved during the sweep, and the model's errors include it"
+        return self._compared(entry, "at the sweep's end ", warn)
 
     def _read(self) -> dict:
         return files.read_state(self.path, "use --recalibrate or another --model_profile", _problem)
